@@ -1,0 +1,557 @@
+//! RabbitMQ over amiquip: the [`Transport`] enoki deploys on.
+//!
+//! Two connections per transport, one for consuming and one for publishing, so a broker that
+//! blocks publishers (resource alarm) cannot stall acks and consumers. Each consuming thread and
+//! each publishing thread gets its own channel: amiquip's `Channel` is `Send` but not `Sync`.
+//! Sockets are opened here, not by amiquip, because amiquip never sets `TCP_NODELAY` and every
+//! round trip would otherwise wait about 40 ms on Nagle's algorithm and delayed ACKs.
+
+use crate::config::AmqpUri;
+use crate::transport::{
+    Acker, ConsumeSpec, Control, Delivery, ExchangeKind, ExchangeSpec, Headers, Message, Outcome,
+    Outgoing, Properties, Published, Publisher, QueueSpec, Settle, Sink, Transport,
+};
+use crate::{Error, Result};
+use amiquip::{
+    AmqpProperties, AmqpValue, Auth, Channel, Confirm, Connection, ConnectionOptions,
+    ConnectionTuning, ConsumerMessage, ConsumerOptions, ExchangeDeclareOptions, ExchangeType,
+    FieldTable, Publish, QueueDeclareOptions, Return,
+};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select};
+use parking_lot::Mutex;
+use serde_json::{Number, Value};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A RabbitMQ broker reached over AMQP 0-9-1.
+pub(crate) struct AmqpTransport {
+    uri: AmqpUri,
+    heartbeat: u16,
+    consuming: Mutex<Slot>,
+    publishing: Mutex<Slot>,
+}
+
+/// One lazily opened connection, replaced after it fails.
+#[derive(Default)]
+struct Slot {
+    connection: Option<Connection>,
+    generation: u64,
+}
+
+impl fmt::Debug for AmqpTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // AmqpUri's Debug masks the password.
+        f.debug_struct("AmqpTransport")
+            .field("uri", &self.uri)
+            .field("heartbeat", &self.heartbeat)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AmqpTransport {
+    /// A transport for the broker at `uri`; `heartbeat` (seconds) applies to the consuming
+    /// connection, as in Nameko. Nothing is opened until first use.
+    pub(crate) fn new(uri: AmqpUri, heartbeat: u16) -> AmqpTransport {
+        AmqpTransport {
+            uri,
+            heartbeat,
+            consuming: Mutex::new(Slot::default()),
+            publishing: Mutex::new(Slot::default()),
+        }
+    }
+
+    /// Opens a channel on the connection in `slot`, connecting first if needed.
+    fn channel(&self, slot: &Mutex<Slot>, heartbeat: u16) -> Result<(Channel, u64)> {
+        let mut slot = slot.lock();
+        if slot.connection.is_none() {
+            slot.connection = Some(connect(&self.uri, heartbeat)?);
+            slot.generation += 1;
+        }
+        let generation = slot.generation;
+        let opened = slot
+            .connection
+            .as_mut()
+            .map(|c| c.open_channel(None))
+            .ok_or_else(|| Error::broker("no connection"))?;
+        match opened {
+            Ok(channel) => Ok((channel, generation)),
+            Err(e) => {
+                slot.connection = None;
+                Err(broker_error("opening a channel", &e))
+            }
+        }
+    }
+
+    /// Forgets the connection of `generation` after a connection-level failure, so the next
+    /// caller reconnects. Channel-level failures (a refused declaration) keep it: other
+    /// consumers on it are healthy.
+    fn reset(slot: &Mutex<Slot>, generation: u64, err: &amiquip::Error) {
+        if matches!(err, amiquip::Error::ServerClosedChannel { .. }) {
+            return;
+        }
+        let mut slot = slot.lock();
+        if slot.generation == generation {
+            slot.connection = None;
+        }
+    }
+}
+
+/// Opens a TCP connection with `TCP_NODELAY` and keepalive and runs the AMQP handshake on it.
+pub(crate) fn connect(uri: &AmqpUri, heartbeat: u16) -> Result<Connection> {
+    let addrs = uri
+        .addr()
+        .to_socket_addrs()
+        .map_err(|e| Error::broker(format!("cannot resolve {}: {e}", uri.addr())))?;
+    let mut last = None;
+    let mut stream = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let stream = stream.ok_or_else(|| {
+        let why = last.map_or_else(|| "no address".to_owned(), |e| e.to_string());
+        Error::broker(format!("cannot connect to {}: {why}", uri.addr()))
+    })?;
+    stream.set_nodelay(true)?;
+    socket2::SockRef::from(&stream).set_keepalive(true)?;
+    let stream = mio::net::TcpStream::from_stream(stream)?;
+    let options = ConnectionOptions::default()
+        .auth(Auth::Plain {
+            username: uri.username.clone(),
+            password: uri.password.clone(),
+        })
+        .virtual_host(uri.vhost.clone())
+        .heartbeat(heartbeat)
+        .connection_timeout(Some(CONNECT_TIMEOUT))
+        .information(Some(format!("enoki {}", env!("CARGO_PKG_VERSION"))));
+    Connection::insecure_open_stream(stream, options, ConnectionTuning::default()).map_err(|e| {
+        // amiquip's errors never carry the URI, so no password can leak from here.
+        Error::broker(format!("cannot open AMQP connection to {uri}: {e}"))
+    })
+}
+
+fn broker_error(doing: &str, e: &amiquip::Error) -> Error {
+    Error::broker(format!("{doing}: {e}"))
+}
+
+impl Transport for AmqpTransport {
+    fn publisher(&self) -> Result<Box<dyn Publisher>> {
+        // Nameko's publishers run without heartbeats; a publisher idles between calls.
+        let (channel, generation) = self.channel(&self.publishing, 0)?;
+        let setup = (|| {
+            let returns = channel.listen_for_returns()?;
+            let confirms = channel.listen_for_publisher_confirms()?;
+            channel.enable_publisher_confirms()?;
+            Ok::<_, amiquip::Error>((returns, confirms))
+        })();
+        match setup {
+            Ok((returns, confirms)) => Ok(Box::new(AmqpPublisher {
+                channel,
+                confirms,
+                returns,
+                seq: 0,
+                declared: Vec::new(),
+            })),
+            Err(e) => {
+                Self::reset(&self.publishing, generation, &e);
+                Err(broker_error("enabling publisher confirms", &e))
+            }
+        }
+    }
+
+    fn consume(
+        &self,
+        spec: &ConsumeSpec,
+        sink: &mut dyn Sink,
+        control: &Receiver<Control>,
+    ) -> Result<()> {
+        let (channel, generation) = self.channel(&self.consuming, self.heartbeat)?;
+        match consume_on(&channel, spec, sink, control) {
+            Ok(()) => {
+                let _ = channel.close();
+                Ok(())
+            }
+            Err(e) => {
+                Self::reset(&self.consuming, generation, &e);
+                Err(broker_error("consuming", &e))
+            }
+        }
+    }
+}
+
+fn exchange_type(kind: ExchangeKind) -> ExchangeType {
+    match kind {
+        ExchangeKind::Topic => ExchangeType::Topic,
+        ExchangeKind::Direct => ExchangeType::Direct,
+        ExchangeKind::Fanout => ExchangeType::Fanout,
+    }
+}
+
+fn declare_exchange(channel: &Channel, exchange: &ExchangeSpec) -> amiquip::Result<()> {
+    if exchange.name.is_empty() {
+        return Ok(()); // the default exchange always exists
+    }
+    channel.exchange_declare(
+        exchange_type(exchange.kind),
+        exchange.name.clone(),
+        ExchangeDeclareOptions {
+            durable: exchange.durable,
+            auto_delete: exchange.auto_delete,
+            internal: false,
+            arguments: FieldTable::default(),
+        },
+    )?;
+    Ok(())
+}
+
+fn declare_queue(channel: &Channel, queue: &QueueSpec) -> amiquip::Result<()> {
+    let mut arguments = FieldTable::default();
+    if let Some(ms) = queue.expires_ms {
+        // Nameko (kombu) sends x-expires as a signed 32-bit integer.
+        arguments.insert("x-expires".into(), AmqpValue::LongInt(ms as i32));
+    }
+    channel.queue_declare(
+        queue.name.clone(),
+        QueueDeclareOptions {
+            durable: queue.durable,
+            exclusive: queue.exclusive,
+            auto_delete: queue.auto_delete,
+            arguments,
+        },
+    )?;
+    for (exchange, key) in &queue.bindings {
+        declare_exchange(channel, exchange)?;
+        channel.queue_bind(
+            queue.name.clone(),
+            exchange.name.clone(),
+            key.clone(),
+            FieldTable::default(),
+        )?;
+    }
+    Ok(())
+}
+
+/// The consume loop: deliveries out to the sink, settles back in, orders from `control`.
+fn consume_on(
+    channel: &Channel,
+    spec: &ConsumeSpec,
+    sink: &mut dyn Sink,
+    control: &Receiver<Control>,
+) -> amiquip::Result<()> {
+    // Per-consumer QoS: RabbitMQ 4 rejects global QoS, and Nameko sets it per consumer.
+    channel.qos(0, spec.prefetch, false)?;
+    let mut consumers = Vec::with_capacity(spec.queues.len());
+    for queue in &spec.queues {
+        declare_queue(channel, queue)?;
+        consumers.push(channel.basic_consume(
+            queue.name.clone(),
+            ConsumerOptions {
+                no_local: false,
+                no_ack: false,
+                exclusive: false,
+                arguments: FieldTable::default(),
+            },
+        )?);
+    }
+    sink.ready();
+
+    let (settle_tx, settle_rx) = crossbeam_channel::unbounded::<Settle>();
+    // Deliveries handed out and not yet settled, by tag; acks need the original `Delivery`.
+    let mut outstanding: HashMap<u64, amiquip::Delivery> = HashMap::new();
+    let mut live = vec![true; consumers.len()];
+    let mut stopping = false;
+
+    let mut select = Select::new();
+    for consumer in &consumers {
+        select.recv(consumer.receiver());
+    }
+    let settle_index = select.recv(&settle_rx);
+    let control_index = select.recv(control);
+
+    loop {
+        if stopping && outstanding.is_empty() {
+            return Ok(());
+        }
+        let op = select.select();
+        let index = op.index();
+        if index == settle_index {
+            let Ok(settle) = op.recv(&settle_rx) else {
+                continue;
+            };
+            if let Some(delivery) = outstanding.remove(&settle.tag) {
+                match settle.outcome {
+                    Outcome::Ack => delivery.ack(channel)?,
+                    Outcome::Reject { requeue } => delivery.reject(channel, requeue)?,
+                }
+            }
+        } else if index == control_index {
+            match op.recv(control) {
+                Ok(Control::Stop) => {
+                    stopping = true;
+                    for consumer in &consumers {
+                        consumer.cancel()?;
+                    }
+                }
+                // A dropped control sender means the owner is gone: same as kill.
+                Ok(Control::Kill) | Err(_) => return Ok(()),
+            }
+        } else {
+            let received = op.recv(consumers[index].receiver());
+            match received {
+                Ok(ConsumerMessage::Delivery(mut delivery)) => {
+                    if stopping {
+                        delivery.reject(channel, true)?;
+                        continue;
+                    }
+                    let message = Message {
+                        exchange: std::mem::take(&mut delivery.exchange),
+                        routing_key: std::mem::take(&mut delivery.routing_key),
+                        properties: properties_from_amqp(std::mem::take(&mut delivery.properties)),
+                        body: std::mem::take(&mut delivery.body),
+                        redelivered: delivery.redelivered,
+                    };
+                    let tag = delivery.delivery_tag();
+                    outstanding.insert(tag, delivery);
+                    sink.deliver(Delivery {
+                        queue: index,
+                        message,
+                        acker: Acker::new(settle_tx.clone(), tag),
+                    });
+                }
+                Ok(ConsumerMessage::ClientCancelled) | Err(_) => {
+                    if live[index] {
+                        live[index] = false;
+                        select.remove(index);
+                    }
+                }
+                Ok(ConsumerMessage::ServerCancelled) => {
+                    return Err(amiquip::Error::ServerClosedChannel {
+                        channel_id: channel.channel_id(),
+                        code: 0,
+                        message: format!(
+                            "the broker cancelled the consumer of {}",
+                            spec.queues[index].name
+                        ),
+                    });
+                }
+                Ok(ConsumerMessage::ServerClosedChannel(e))
+                | Ok(ConsumerMessage::ServerClosedConnection(e)) => return Err(e),
+                Ok(ConsumerMessage::ClientClosedChannel)
+                | Ok(ConsumerMessage::ClientClosedConnection) => {
+                    return Err(amiquip::Error::ClientClosedConnection);
+                }
+            }
+        }
+    }
+}
+
+struct AmqpPublisher {
+    channel: Channel,
+    confirms: Receiver<Confirm>,
+    returns: Receiver<Return>,
+    seq: u64,
+    declared: Vec<String>,
+}
+
+impl Publisher for AmqpPublisher {
+    fn declare_exchange(&mut self, exchange: &ExchangeSpec) -> Result<()> {
+        if self.declared.iter().any(|n| *n == exchange.name) {
+            return Ok(());
+        }
+        declare_exchange(&self.channel, exchange)
+            .map_err(|e| broker_error(&format!("declaring exchange {}", exchange.name), &e))?;
+        self.declared.push(exchange.name.clone());
+        Ok(())
+    }
+
+    fn publish(&mut self, message: Outgoing<'_>) -> Result<Published> {
+        self.channel
+            .basic_publish(
+                message.exchange,
+                Publish {
+                    body: message.body,
+                    routing_key: message.routing_key.to_owned(),
+                    mandatory: message.mandatory,
+                    immediate: false,
+                    properties: properties_to_amqp(message.properties),
+                },
+            )
+            .map_err(|e| broker_error("publishing", &e))?;
+        self.seq += 1;
+        let seq = self.seq;
+        loop {
+            match self.confirms.recv_timeout(CONFIRM_TIMEOUT) {
+                Ok(Confirm::Ack(p))
+                    if p.delivery_tag == seq || (p.multiple && p.delivery_tag > seq) =>
+                {
+                    break;
+                }
+                Ok(Confirm::Nack(p))
+                    if p.delivery_tag == seq || (p.multiple && p.delivery_tag > seq) =>
+                {
+                    return Err(Error::broker("the broker nacked the publish"));
+                }
+                // Confirms for earlier publishes (one at a time per channel, so only stale ones).
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(Error::broker(format!(
+                        "no publisher confirm within {} s",
+                        CONFIRM_TIMEOUT.as_secs()
+                    )));
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Error::broker(
+                        "connection lost while waiting for a publisher confirm",
+                    ));
+                }
+            }
+        }
+        // The broker sends basic.return before the confirm of the same message, and amiquip's
+        // I/O thread forwards frames in order, so a return for this publish is already queued.
+        if self.returns.try_recv().is_ok() {
+            return Ok(Published::Returned);
+        }
+        Ok(Published::Confirmed)
+    }
+}
+
+fn properties_to_amqp(p: &Properties) -> AmqpProperties {
+    let mut out = AmqpProperties::default();
+    if let Some(v) = &p.content_type {
+        out = out.with_content_type(v.clone());
+    }
+    if let Some(v) = &p.content_encoding {
+        out = out.with_content_encoding(v.clone());
+    }
+    if let Some(v) = &p.correlation_id {
+        out = out.with_correlation_id(v.clone());
+    }
+    if let Some(v) = &p.reply_to {
+        out = out.with_reply_to(v.clone());
+    }
+    if let Some(v) = p.delivery_mode {
+        out = out.with_delivery_mode(v);
+    }
+    if let Some(v) = p.priority {
+        out = out.with_priority(v);
+    }
+    let mut table = FieldTable::default();
+    for (key, value) in &p.headers {
+        if let Some(v) = json_to_amqp(value) {
+            table.insert(key.clone(), v);
+        }
+    }
+    out.with_headers(table)
+}
+
+fn properties_from_amqp(p: AmqpProperties) -> Properties {
+    let headers: Headers = p
+        .headers()
+        .as_ref()
+        .map(|table| {
+            table
+                .iter()
+                .map(|(k, v)| (k.clone(), amqp_to_json(v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Properties {
+        content_type: p.content_type().clone(),
+        content_encoding: p.content_encoding().clone(),
+        correlation_id: p.correlation_id().clone(),
+        reply_to: p.reply_to().clone(),
+        delivery_mode: *p.delivery_mode(),
+        priority: *p.priority(),
+        headers,
+    }
+}
+
+/// JSON to an AMQP field value the way py-amqp encodes Python values; `null` is dropped, as
+/// Nameko drops `None` context values.
+pub(crate) fn json_to_amqp(value: &Value) -> Option<AmqpValue> {
+    Some(match value {
+        Value::Null => return None,
+        Value::Bool(b) => AmqpValue::Boolean(*b),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                AmqpValue::LongLongInt(i)
+            } else if let Some(f) = n.as_f64() {
+                AmqpValue::Double(f)
+            } else {
+                return None;
+            }
+        }
+        Value::String(s) => AmqpValue::LongString(s.clone()),
+        Value::Array(items) => AmqpValue::FieldArray(
+            items
+                .iter()
+                .map(|v| json_to_amqp(v).unwrap_or(AmqpValue::Void))
+                .collect(),
+        ),
+        Value::Object(map) => AmqpValue::FieldTable(
+            map.iter()
+                .filter_map(|(k, v)| json_to_amqp(v).map(|v| (k.clone(), v)))
+                .collect(),
+        ),
+    })
+}
+
+/// An AMQP field value as JSON; decimals become numbers, byte arrays lossy UTF-8 text.
+pub(crate) fn amqp_to_json(value: &AmqpValue) -> Value {
+    match value {
+        AmqpValue::Boolean(b) => Value::Bool(*b),
+        AmqpValue::ShortShortInt(i) => Value::from(*i),
+        AmqpValue::ShortShortUInt(i) => Value::from(*i),
+        AmqpValue::ShortInt(i) => Value::from(*i),
+        AmqpValue::ShortUInt(i) => Value::from(*i),
+        AmqpValue::LongInt(i) => Value::from(*i),
+        AmqpValue::LongUInt(i) => Value::from(*i),
+        AmqpValue::LongLongInt(i) => Value::from(*i),
+        AmqpValue::Float(f) => Number::from_f64(f64::from(*f)).map_or(Value::Null, Value::Number),
+        AmqpValue::Double(f) => Number::from_f64(*f).map_or(Value::Null, Value::Number),
+        AmqpValue::DecimalValue(d) => {
+            let v = f64::from(d.value) / 10f64.powi(i32::from(d.scale));
+            Number::from_f64(v).map_or(Value::Null, Value::Number)
+        }
+        AmqpValue::LongString(s) => Value::String(s.clone()),
+        AmqpValue::FieldArray(items) => Value::Array(items.iter().map(amqp_to_json).collect()),
+        AmqpValue::Timestamp(t) => Value::from(*t),
+        AmqpValue::FieldTable(table) => Value::Object(
+            table
+                .iter()
+                .map(|(k, v)| (k.clone(), amqp_to_json(v)))
+                .collect(),
+        ),
+        AmqpValue::ByteArray(bytes) => Value::String(String::from_utf8_lossy(bytes).into_owned()),
+        AmqpValue::Void => Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn headers_round_trip_through_amqp_values() {
+        let value = json!({"s": "x", "i": -3, "f": 1.5, "b": true, "a": ["p", 1], "t": {"k": "v"}});
+        let amqp = json_to_amqp(&value).expect("encodable");
+        assert_eq!(amqp_to_json(&amqp), value);
+    }
+
+    #[test]
+    fn null_header_values_are_dropped() {
+        let amqp = json_to_amqp(&json!({"keep": 1, "drop": null})).expect("table");
+        assert_eq!(amqp_to_json(&amqp), json!({"keep": 1}));
+    }
+}

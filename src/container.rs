@@ -1,0 +1,528 @@
+//! Running services: a [`Container`] runs one service on a bounded pool of worker threads; a
+//! [`Runner`] runs several and stops them on SIGINT or SIGTERM.
+//!
+//! Threads of one container: one consumer thread that owns the consuming channel, `max_workers`
+//! workers, and (when the service calls others) one reply listener; amiquip adds an I/O thread
+//! per connection. Deliveries reach the workers as jobs on a bounded crossbeam channel, so a
+//! full pool stops intake and the broker holds the rest (prefetch). Workers send acks back to
+//! the consumer thread, which owns the channel they must go through.
+
+use crate::amqp::AmqpTransport;
+use crate::dependency::{ContainerInfo, NamedDependency};
+use crate::proxy::RpcClient;
+use crate::rpc::RpcEntrypoint;
+use crate::service::Service;
+use crate::transport::{
+    ConsumeSpec, Control, Delivery, ExchangeSpec, Outgoing, Published, Publisher, SharedTransport,
+    Sink,
+};
+use crate::{Config, Error, Result};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
+use std::fmt;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Builds the transport `config` names.
+pub(crate) fn transport_for(config: &Config) -> Result<SharedTransport> {
+    let uri = config.amqp()?;
+    Ok(Arc::new(AmqpTransport::new(uri, config.heartbeat_secs())))
+}
+
+/// What every worker of one container shares.
+pub(crate) struct Runtime {
+    pub(crate) service_name: Arc<str>,
+    pub(crate) config: Config,
+    pub(crate) transport: SharedTransport,
+    pub(crate) dependencies: Vec<NamedDependency>,
+    pub(crate) rpc_exchange: ExchangeSpec,
+    rpc_client: Mutex<Option<Arc<RpcClient>>>,
+}
+
+impl Runtime {
+    /// The container's RPC client (one reply queue for all its proxies), started on first use.
+    pub(crate) fn rpc_client(&self) -> Result<Arc<RpcClient>> {
+        let mut slot = self.rpc_client.lock();
+        if let Some(client) = &*slot {
+            return Ok(client.clone());
+        }
+        let client = RpcClient::start(
+            self.transport.clone(),
+            &self.rpc_exchange.name,
+            &self.service_name,
+        )?;
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+}
+
+/// A worker thread's own resources: its publishing channel and reusable buffers.
+pub(crate) struct Worker {
+    transport: SharedTransport,
+    publisher: Option<Box<dyn Publisher>>,
+    pub(crate) buffer: Vec<u8>,
+    pub(crate) result: Vec<u8>,
+}
+
+impl Worker {
+    fn new(transport: SharedTransport) -> Worker {
+        Worker {
+            transport,
+            publisher: None,
+            buffer: Vec::with_capacity(256),
+            result: Vec::with_capacity(256),
+        }
+    }
+
+    /// Publishes on this worker's channel, opening it on first use and again after a failure.
+    pub(crate) fn publish(
+        &mut self,
+        runtime: &Runtime,
+        message: Outgoing<'_>,
+    ) -> Result<Published> {
+        let publisher = match &mut self.publisher {
+            Some(p) => p,
+            None => {
+                let mut p = self.transport.publisher()?;
+                p.declare_exchange(&runtime.rpc_exchange)?;
+                self.publisher.insert(p)
+            }
+        };
+        let result = publisher.publish(message);
+        if result.is_err() {
+            self.publisher = None;
+        }
+        result
+    }
+}
+
+/// A unit of work for the pool; the container runs it without knowing what made it.
+pub(crate) type Job = Box<dyn FnOnce(&mut Worker) + Send>;
+
+/// Turns deliveries from one queue into work.
+pub(crate) trait DeliveryHandler: Send + Sync {
+    fn handle(&self, runtime: &Arc<Runtime>, delivery: Delivery, worker: &mut Worker);
+}
+
+impl DeliveryHandler for RpcEntrypoint {
+    fn handle(&self, runtime: &Arc<Runtime>, delivery: Delivery, worker: &mut Worker) {
+        RpcEntrypoint::handle(self, runtime, delivery, worker);
+    }
+}
+
+struct ConsumerThread {
+    control: Sender<Control>,
+    thread: JoinHandle<()>,
+}
+
+enum State {
+    Ready(Box<Service>),
+    Running(Running),
+    Done,
+}
+
+struct Running {
+    runtime: Arc<Runtime>,
+    jobs: Sender<Job>,
+    workers: Vec<JoinHandle<()>>,
+    consumer: Option<ConsumerThread>,
+}
+
+/// Runs one [`Service`]: its dependencies, its consumers and a bounded pool of worker threads.
+///
+/// ```no_run
+/// use enoki::{Config, Container, Service};
+///
+/// # fn main() -> enoki::Result<()> {
+/// let service = Service::new("echo").rpc("echo", |_ctx, (v,): (serde_json::Value,)| Ok(v));
+/// let mut container = Container::new(service, Config::from_env()?);
+/// container.start()?; // returns once the service consumes its queue
+/// // ... serve ...
+/// container.stop(); // finish in-flight calls, ack, close
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Dropping a running container stops it gracefully.
+pub struct Container {
+    name: String,
+    config: Config,
+    transport: Option<SharedTransport>,
+    state: State,
+}
+
+impl fmt::Debug for Container {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Ready(_) => "ready",
+            State::Running(_) => "running",
+            State::Done => "stopped",
+        };
+        f.debug_struct("Container")
+            .field("service", &self.name)
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl Container {
+    /// A container for `service` with `config`; nothing runs until [`start`](Container::start).
+    pub fn new(service: Service, config: Config) -> Container {
+        Container {
+            name: service.name.clone(),
+            config,
+            transport: None,
+            state: State::Ready(Box::new(service)),
+        }
+    }
+
+    /// Runs on `transport` instead of one built from the configuration (the [`Runner`] shares
+    /// one between its containers).
+    pub(crate) fn with_transport(mut self, transport: SharedTransport) -> Container {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// The service's name.
+    pub fn service_name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sets up and starts the dependencies, starts the worker pool and the consumers, and
+    /// returns once the service's queues are consumed. Calling it twice is an error.
+    pub fn start(&mut self) -> Result<()> {
+        let service = match std::mem::replace(&mut self.state, State::Done) {
+            State::Ready(service) => *service,
+            other => {
+                self.state = other;
+                return Err(Error::config(format!(
+                    "container `{}` was already started",
+                    self.name
+                )));
+            }
+        };
+        service.validate()?;
+        let transport = match &self.transport {
+            Some(t) => t.clone(),
+            None => transport_for(&self.config)?,
+        };
+        let Service {
+            name,
+            rpc,
+            dependencies,
+        } = service;
+        let runtime = Arc::new(Runtime {
+            service_name: Arc::from(name.as_str()),
+            rpc_exchange: ExchangeSpec::topic(self.config.exchange()),
+            config: self.config.clone(),
+            transport: transport.clone(),
+            dependencies,
+            rpc_client: Mutex::new(None),
+        });
+        let info = ContainerInfo {
+            runtime: runtime.clone(),
+        };
+        for dep in &runtime.dependencies {
+            dep.dependency.setup(&info)?;
+        }
+        for dep in &runtime.dependencies {
+            dep.dependency.start()?;
+        }
+
+        let max_workers = self.config.workers();
+        let (jobs, job_rx) = crossbeam_channel::bounded::<Job>(max_workers);
+        let mut workers = Vec::with_capacity(max_workers);
+        for i in 0..max_workers {
+            let job_rx = job_rx.clone();
+            let transport = transport.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("enoki-{name}-worker-{i}"))
+                    .spawn(move || work(job_rx, transport))?,
+            );
+        }
+
+        let mut queues = Vec::new();
+        let mut handlers: Vec<Arc<dyn DeliveryHandler>> = Vec::new();
+        if !rpc.is_empty() {
+            queues.push(crate::rpc::service_queue(&name, self.config.exchange()));
+            handlers.push(Arc::new(RpcEntrypoint::new(&name, &rpc)));
+        }
+        let mut running = Running {
+            runtime: runtime.clone(),
+            jobs: jobs.clone(),
+            workers,
+            consumer: None,
+        };
+        if !queues.is_empty() {
+            let spec = ConsumeSpec {
+                queues,
+                prefetch: self.config.prefetch(),
+            };
+            match start_consumer(runtime, spec, handlers, jobs) {
+                Ok(consumer) => running.consumer = Some(consumer),
+                Err(e) => {
+                    shutdown(running, false);
+                    return Err(e);
+                }
+            }
+        }
+        log::info!("{name}: started with {max_workers} workers");
+        self.state = State::Running(running);
+        Ok(())
+    }
+
+    /// Stops gracefully: no new work is taken, in-flight workers finish and their replies are
+    /// sent and acked, then dependencies stop and connections close. Blocks until done;
+    /// idempotent.
+    pub fn stop(&mut self) {
+        if let State::Running(running) = std::mem::replace(&mut self.state, State::Done) {
+            log::info!("{}: stopping", self.name);
+            shutdown(running, false);
+            log::info!("{}: stopped", self.name);
+        }
+    }
+
+    /// Stops at once: consumers are dropped without waiting, so unacked messages go back to the
+    /// broker for redelivery; workers still running are abandoned.
+    pub fn kill(&mut self) {
+        if let State::Running(running) = std::mem::replace(&mut self.state, State::Done) {
+            log::warn!("{}: killed", self.name);
+            shutdown(running, true);
+        }
+    }
+
+    /// True between a successful `start` and `stop`/`kill`.
+    pub fn is_running(&self) -> bool {
+        matches!(self.state, State::Running(_))
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn work(jobs: Receiver<Job>, transport: SharedTransport) {
+    let mut worker = Worker::new(transport);
+    while let Ok(job) = jobs.recv() {
+        // Handlers run under catch_unwind already; this guards the framework's own code so a
+        // bug there costs one job, not a worker thread.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut worker))).is_err() {
+            log::error!("a job panicked outside its handler");
+            worker.publisher = None;
+        }
+    }
+}
+
+fn shutdown(running: Running, kill: bool) {
+    let Running {
+        runtime,
+        jobs,
+        workers,
+        consumer,
+    } = running;
+    if let Some(consumer) = consumer {
+        let order = if kill { Control::Kill } else { Control::Stop };
+        let _ = consumer.control.send(order);
+        // A graceful stop returns once every delivery handed out has been settled.
+        let _ = consumer.thread.join();
+    }
+    drop(jobs);
+    if !kill {
+        for worker in workers {
+            let _ = worker.join();
+        }
+    }
+    for dep in &runtime.dependencies {
+        if kill {
+            dep.dependency.kill();
+        } else {
+            dep.dependency.stop();
+        }
+    }
+    let client = runtime.rpc_client.lock().take();
+    if let Some(client) = client {
+        client.stop();
+    }
+}
+
+struct ContainerSink {
+    runtime: Arc<Runtime>,
+    handlers: Vec<Arc<dyn DeliveryHandler>>,
+    jobs: Sender<Job>,
+    ready: Option<Sender<Result<()>>>,
+}
+
+impl Sink for ContainerSink {
+    fn ready(&mut self) {
+        if let Some(tx) = self.ready.take() {
+            let _ = tx.send(Ok(()));
+        }
+    }
+
+    fn deliver(&mut self, delivery: Delivery) {
+        let Some(handler) = self.handlers.get(delivery.queue).cloned() else {
+            return; // dropping the delivery requeues it
+        };
+        let runtime = self.runtime.clone();
+        // Blocks while the pool is full: the broker keeps the rest (prefetch). If the pool is
+        // gone the job is dropped and its acker requeues the message.
+        let _ = self.jobs.send(Box::new(move |worker: &mut Worker| {
+            handler.handle(&runtime, delivery, worker)
+        }));
+    }
+}
+
+fn start_consumer(
+    runtime: Arc<Runtime>,
+    spec: ConsumeSpec,
+    handlers: Vec<Arc<dyn DeliveryHandler>>,
+    jobs: Sender<Job>,
+) -> Result<ConsumerThread> {
+    let (control, control_rx) = crossbeam_channel::unbounded();
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+    let name = runtime.service_name.clone();
+    let transport = runtime.transport.clone();
+    let mut sink = ContainerSink {
+        runtime,
+        handlers,
+        jobs,
+        ready: Some(ready_tx),
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("enoki-{name}-consumer"))
+        .spawn(move || {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match transport.consume(&spec, &mut sink, &control_rx) {
+                    Ok(()) => return,
+                    Err(e) => {
+                        if let Some(tx) = sink.ready.take() {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                        log::warn!("{name}: consumer lost its connection: {e}; reconnecting");
+                        match control_rx.recv_timeout(backoff) {
+                            Ok(_) | Err(RecvTimeoutError::Disconnected) => return,
+                            Err(RecvTimeoutError::Timeout) => {}
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+        })?;
+    match ready_rx.recv_timeout(READY_TIMEOUT) {
+        Ok(Ok(())) => Ok(ConsumerThread { control, thread }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = control.send(Control::Kill);
+            Err(Error::broker("the consumer did not start in time"))
+        }
+    }
+}
+
+/// Runs several services in one process and stops them all on SIGINT or SIGTERM: the first
+/// signal stops gracefully (in-flight calls finish and are acked), a second one exits at once.
+///
+/// ```no_run
+/// use enoki::{Config, Runner, Service};
+///
+/// # fn main() -> enoki::Result<()> {
+/// let echo = Service::new("echo").rpc("echo", |_ctx, (v,): (serde_json::Value,)| Ok(v));
+/// Runner::new(Config::from_env()?).service(echo).run()
+/// # }
+/// ```
+pub struct Runner {
+    config: Config,
+    containers: Vec<Container>,
+}
+
+impl fmt::Debug for Runner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runner")
+            .field("containers", &self.containers)
+            .finish()
+    }
+}
+
+impl Runner {
+    /// A runner whose services share `config` and one broker connection pair.
+    pub fn new(config: Config) -> Runner {
+        Runner {
+            config,
+            containers: Vec::new(),
+        }
+    }
+
+    /// Adds a service.
+    pub fn service(mut self, service: Service) -> Runner {
+        self.containers
+            .push(Container::new(service, self.config.clone()));
+        self
+    }
+
+    /// Starts every service; if one fails, those already started are stopped.
+    pub fn start(&mut self) -> Result<()> {
+        let transport = transport_for(&self.config)?;
+        for i in 0..self.containers.len() {
+            let container = std::mem::replace(
+                &mut self.containers[i],
+                Container::new(Service::new("placeholder"), self.config.clone()),
+            );
+            let mut container = container.with_transport(transport.clone());
+            let started = container.start();
+            self.containers[i] = container;
+            if let Err(e) = started {
+                self.stop();
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every service gracefully, concurrently.
+    pub fn stop(&mut self) {
+        std::thread::scope(|scope| {
+            for container in &mut self.containers {
+                scope.spawn(move || container.stop());
+            }
+        });
+    }
+
+    /// Kills every service.
+    pub fn kill(&mut self) {
+        for container in &mut self.containers {
+            container.kill();
+        }
+    }
+
+    /// Starts every service, blocks until SIGINT or SIGTERM, then stops gracefully. A second
+    /// signal during the stop exits the process with status 1; the broker then redelivers
+    /// whatever was not acked.
+    pub fn run(mut self) -> Result<()> {
+        let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+        let signals = std::sync::atomic::AtomicUsize::new(0);
+        ctrlc::set_handler(move || {
+            if signals.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
+                log::warn!("second signal: exiting now");
+                std::process::exit(1);
+            }
+            let _ = tx.try_send(());
+        })
+        .map_err(|e| Error::config(format!("cannot install the signal handler: {e}")))?;
+        self.start()?;
+        let _ = rx.recv();
+        log::info!("signal received: stopping gracefully (send it again to exit at once)");
+        self.stop();
+        Ok(())
+    }
+}

@@ -1,0 +1,79 @@
+//! # enoki
+//!
+//! Nameko-style microservices in Rust: a service is a name, entrypoints and dependencies, run by
+//! a container on a bounded pool of plain OS threads, speaking Nameko's AMQP wire protocol, so
+//! enoki and Python Nameko services call each other on the same RabbitMQ.
+//!
+//! ## Quick start
+//!
+//! ```no_run
+//! use enoki::{Config, RemoteError, Runner, Service};
+//!
+//! # fn main() -> enoki::Result<()> {
+//! let echo = Service::new("echo")
+//!     .rpc("echo", |_ctx, (value,): (serde_json::Value,)| Ok(value))
+//!     .rpc("add", |_ctx, (a, b): (i64, i64)| Ok(a + b))
+//!     .rpc("fail", |_ctx, (message,): (String,)| -> enoki::Result<()> {
+//!         Err(RemoteError::new("ValueError", message).into())
+//!     });
+//! Runner::new(Config::from_env()?).service(echo).run() // Ctrl-C stops gracefully
+//! # }
+//! ```
+//!
+//! And from any program (or Python's `ClusterRpcProxy`):
+//!
+//! ```no_run
+//! # fn main() -> enoki::Result<()> {
+//! let cluster = enoki::ClusterRpcProxy::new(&enoki::Config::from_env()?)?;
+//! let sum: i64 = cluster.call("echo", "add", (1, 2))?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Threads, queues and backpressure
+//!
+//! A container owns one consumer thread (one AMQP channel for all its queues, prefetch =
+//! `max_workers` per consumer unless `PREFETCH_COUNT` is set), `max_workers` worker threads
+//! (default 10), and a reply listener thread if it calls other services. A delivery becomes a job
+//! on a bounded channel; a worker runs the handler, publishes the reply on its own channel with
+//! publisher confirms, and only then hands the ack back to the consumer thread. A full pool stops
+//! intake; the broker holds the rest. Consuming and publishing use separate connections, so a
+//! broker that blocks publishers does not stall acks.
+//!
+//! What blocks: handlers run on workers and may block (a call to another service waits for its
+//! reply on that worker). [`Container::stop`] blocks until in-flight work is done.
+//!
+//! ## Thread safety
+//!
+//! [`ClusterRpcProxy`] and [`ServiceProxy`] are `Send + Sync` and can be shared; every thread's
+//! calls share one reply queue. Handlers and dependency hooks run concurrently on workers.
+//!
+//! ## Not supported
+//!
+//! TLS (`amqps://`), serializers other than JSON, and Nameko's eventlet backdoor.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+
+mod amqp;
+mod args;
+pub mod config;
+mod container;
+mod context;
+mod dependency;
+mod error;
+mod id;
+pub mod logger;
+mod proxy;
+mod rpc;
+mod service;
+pub mod transport;
+
+pub use args::{Args, FromArgs, IntoArgs};
+pub use config::{AmqpUri, Config};
+pub use container::{Container, Runner};
+pub use context::WorkerContext;
+pub use dependency::{ContainerInfo, Dependency};
+pub use error::{Error, ErrorKind, RemoteError, Result};
+pub use proxy::{ClusterRpcProxy, Pending, RpcProxy, ServiceProxy};
+pub use service::Service;

@@ -1,0 +1,275 @@
+//! The narrow seam between containers and a broker.
+//!
+//! Entrypoints and proxies talk to a broker only through [`Transport`]: declare exchanges and
+//! queues, publish with confirms, consume with per-consumer prefetch, ack and reject. The AMQP
+//! implementation lives in `amqp.rs`; neither side knows anything of services.
+
+use crate::Result;
+use crossbeam_channel::{Receiver, Sender};
+use serde_json::{Map, Value};
+use std::fmt;
+use std::sync::Arc;
+
+/// Message headers: AMQP field-table values mapped onto JSON values.
+pub type Headers = Map<String, Value>;
+
+/// The message properties Nameko reads and writes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Properties {
+    /// `content_type`, e.g. `application/json`.
+    pub content_type: Option<String>,
+    /// `content_encoding`, e.g. `utf-8`.
+    pub content_encoding: Option<String>,
+    /// `correlation_id`: ties a reply to its request.
+    pub correlation_id: Option<String>,
+    /// `reply_to`: the routing key replies are published with.
+    pub reply_to: Option<String>,
+    /// `delivery_mode`: 2 is persistent.
+    pub delivery_mode: Option<u8>,
+    /// `priority`.
+    pub priority: Option<u8>,
+    /// Application headers (Nameko's context data travels here).
+    pub headers: Headers,
+}
+
+/// A message received from a queue.
+#[derive(Debug, Clone, Default)]
+pub struct Message {
+    /// The exchange it was published to.
+    pub exchange: String,
+    /// The routing key it was published with.
+    pub routing_key: String,
+    /// Its properties.
+    pub properties: Properties,
+    /// Its body.
+    pub body: Vec<u8>,
+    /// True when the broker delivered it before (at-least-once redelivery).
+    pub redelivered: bool,
+}
+
+/// Exchange types enoki declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeKind {
+    /// Routing by `.`-separated words with `*` and `#` wildcards (Nameko's RPC and events).
+    Topic,
+    /// Routing by exact key.
+    Direct,
+    /// Every bound queue gets every message.
+    Fanout,
+}
+
+/// An exchange declaration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeSpec {
+    /// Its name.
+    pub name: String,
+    /// Its type.
+    pub kind: ExchangeKind,
+    /// Survives a broker restart.
+    pub durable: bool,
+    /// Deleted when its last queue is unbound.
+    pub auto_delete: bool,
+}
+
+impl ExchangeSpec {
+    /// A durable topic exchange, as Nameko declares `nameko-rpc` and `<service>.events`.
+    pub fn topic(name: impl Into<String>) -> ExchangeSpec {
+        ExchangeSpec {
+            name: name.into(),
+            kind: ExchangeKind::Topic,
+            durable: true,
+            auto_delete: false,
+        }
+    }
+}
+
+/// A queue declaration with its bindings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSpec {
+    /// Its name.
+    pub name: String,
+    /// Survives a broker restart.
+    pub durable: bool,
+    /// Owned by the declaring connection and deleted with it.
+    pub exclusive: bool,
+    /// Deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// `x-expires` in milliseconds: deleted after this long unused.
+    pub expires_ms: Option<u32>,
+    /// `(exchange, routing key)` pairs the queue is bound with.
+    pub bindings: Vec<(ExchangeSpec, String)>,
+}
+
+impl QueueSpec {
+    /// A durable, non-exclusive, non-auto-delete queue with no bindings yet.
+    pub fn durable(name: impl Into<String>) -> QueueSpec {
+        QueueSpec {
+            name: name.into(),
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            expires_ms: None,
+            bindings: Vec::new(),
+        }
+    }
+
+    /// Adds a binding.
+    pub fn bind(mut self, exchange: ExchangeSpec, routing_key: impl Into<String>) -> QueueSpec {
+        self.bindings.push((exchange, routing_key.into()));
+        self
+    }
+}
+
+/// One message to publish.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// Target exchange (`""` is the default exchange).
+    pub exchange: &'a str,
+    /// Routing key.
+    pub routing_key: &'a str,
+    /// Properties.
+    pub properties: &'a Properties,
+    /// Body.
+    pub body: &'a [u8],
+    /// Ask the broker to return the message if no queue is bound for it.
+    pub mandatory: bool,
+}
+
+/// What the broker did with a published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// Routed and confirmed.
+    Confirmed,
+    /// Mandatory and unroutable: the broker returned it (NO_ROUTE), then confirmed.
+    Returned,
+}
+
+/// A publishing channel, used by one thread at a time.
+pub trait Publisher: Send {
+    /// Declares an exchange (cached: declaring the same name twice is one round trip).
+    fn declare_exchange(&mut self, exchange: &ExchangeSpec) -> Result<()>;
+    /// Publishes and waits for the broker's confirm.
+    fn publish(&mut self, message: Outgoing<'_>) -> Result<Published>;
+}
+
+/// How a consumed message is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done with: remove it from the queue.
+    Ack,
+    /// Give it back; `requeue: false` drops it (or dead-letters it).
+    Reject {
+        /// Put it back on the queue for redelivery.
+        requeue: bool,
+    },
+}
+
+/// A request from a worker to settle one delivery, sent back to the consuming thread.
+#[derive(Debug, Clone, Copy)]
+pub struct Settle {
+    /// The delivery tag on the consuming channel.
+    pub tag: u64,
+    /// Ack or reject.
+    pub outcome: Outcome,
+}
+
+/// The right, and duty, to settle one delivery.
+///
+/// Acks travel back to the thread that owns the consuming channel, so no lock is taken on a
+/// channel. Dropping an unsettled `Acker` (a worker that died, a job dropped at shutdown)
+/// rejects the delivery with requeue, so the broker redelivers it: nothing is lost silently.
+#[derive(Debug)]
+pub struct Acker {
+    tx: Option<Sender<Settle>>,
+    tag: u64,
+}
+
+impl Acker {
+    /// An acker that reports to `tx`.
+    pub fn new(tx: Sender<Settle>, tag: u64) -> Acker {
+        Acker { tx: Some(tx), tag }
+    }
+
+    /// Acknowledges the delivery.
+    pub fn ack(mut self) {
+        self.settle(Outcome::Ack);
+    }
+
+    /// Rejects the delivery.
+    pub fn reject(mut self, requeue: bool) {
+        self.settle(Outcome::Reject { requeue });
+    }
+
+    fn settle(&mut self, outcome: Outcome) {
+        if let Some(tx) = self.tx.take() {
+            // The consumer may be gone (connection lost); the broker then redelivers anyway.
+            let _ = tx.send(Settle {
+                tag: self.tag,
+                outcome,
+            });
+        }
+    }
+}
+
+impl Drop for Acker {
+    fn drop(&mut self) {
+        self.settle(Outcome::Reject { requeue: true });
+    }
+}
+
+/// A consumed message with the means to settle it.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Index of the queue (in the consume request) it came from.
+    pub queue: usize,
+    /// The message.
+    pub message: Message,
+    /// Settles it.
+    pub acker: Acker,
+}
+
+/// Receives what a consumer produces. Called on the consuming thread: keep it short.
+pub trait Sink {
+    /// All queues are declared, bound and consumed: the consumer is live.
+    fn ready(&mut self);
+    /// One delivery.
+    fn deliver(&mut self, delivery: Delivery);
+}
+
+/// Orders for a running consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Cancel the consumers, requeue what arrives after, and return once every delivery handed
+    /// out has been settled.
+    Stop,
+    /// Return at once; unsettled deliveries are redelivered by the broker.
+    Kill,
+}
+
+/// What to consume.
+#[derive(Debug, Clone)]
+pub struct ConsumeSpec {
+    /// Queues to declare, bind and consume; deliveries carry the index into this list.
+    pub queues: Vec<QueueSpec>,
+    /// Unacked deliveries per consumer (per-consumer QoS, never global).
+    pub prefetch: u16,
+}
+
+/// A message broker.
+pub trait Transport: Send + Sync + fmt::Debug {
+    /// Opens a publishing channel on the publishing connection.
+    fn publisher(&self) -> Result<Box<dyn Publisher>>;
+
+    /// Consumes on the calling thread until `control` says stop (returns `Ok` once drained),
+    /// kill (returns `Ok` at once) or the connection fails (returns `Err`; call again to
+    /// reconnect, with backoff).
+    fn consume(
+        &self,
+        spec: &ConsumeSpec,
+        sink: &mut dyn Sink,
+        control: &Receiver<Control>,
+    ) -> Result<()>;
+}
+
+/// A shared transport.
+pub type SharedTransport = Arc<dyn Transport>;
