@@ -1,0 +1,56 @@
+//! The `echo` service: the fixed target of the benches and the interop tests.
+//!
+//! ```text
+//! cargo run --example echo            # serves until Ctrl-C
+//! cargo run --bin enoki -- call echo.add '[1, 2]'
+//! ```
+//!
+//! RPC methods: `echo(value)` returns `value` unchanged; `add(a, b)` returns `a + b`;
+//! `fail(message)` raises `ValueError(message)`; `sleep(ms)` sleeps, then returns `ms`.
+
+use enoki::{Config, RemoteError, Runner, Service};
+use serde_json::Value;
+use std::time::Duration;
+
+/// The echo service definition, shared with tests and benches through `include!`-free copies:
+/// keep its interface stable.
+fn echo_service() -> Service {
+    Service::new("echo")
+        .rpc("echo", |_ctx, (value,): (Value,)| Ok(value))
+        .rpc("add", |_ctx, (a, b): (Value, Value)| add(&a, &b))
+        .rpc("fail", |_ctx, (message,): (String,)| -> enoki::Result<()> {
+            Err(RemoteError::new("ValueError", message).into())
+        })
+        .rpc("sleep", |_ctx, (ms,): (u64,)| {
+            std::thread::sleep(Duration::from_millis(ms));
+            Ok(ms)
+        })
+}
+
+/// Adds integers, floats or strings, as Python's `a + b` would.
+fn add(a: &Value, b: &Value) -> enoki::Result<Value> {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(x), Some(y)) => x
+                .checked_add(y)
+                .map(Value::from)
+                .ok_or_else(|| RemoteError::new("OverflowError", "integer overflow").into()),
+            _ => Ok(Value::from(
+                x.as_f64().unwrap_or(f64::NAN) + y.as_f64().unwrap_or(f64::NAN),
+            )),
+        },
+        (Value::String(x), Value::String(y)) => Ok(Value::String(format!("{x}{y}"))),
+        _ => Err(RemoteError::new(
+            "TypeError",
+            format!("unsupported operand types for +: {a} and {b}"),
+        )
+        .into()),
+    }
+}
+
+fn main() -> enoki::Result<()> {
+    enoki::logger::init();
+    let config = Config::from_env()?;
+    log::info!("echo: connecting to {}", config.amqp()?);
+    Runner::new(config).service(echo_service()).run()
+}
