@@ -59,7 +59,11 @@ fn call(argv: &[String]) -> ExitCode {
         [target] => (*target, "[]", "{}"),
         [target, args] => (*target, *args, "{}"),
         [target, args, kwargs] => (*target, *args, *kwargs),
-        _ => return fail(format!("call takes a target and up to two JSON documents\n{USAGE}")),
+        _ => {
+            return fail(format!(
+                "call takes a target and up to two JSON documents\n{USAGE}"
+            ));
+        }
     };
     let Some((service, method)) = target.split_once('.') else {
         return fail(format!("`{target}` is not <service>.<method>"));
