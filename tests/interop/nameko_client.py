@@ -13,9 +13,12 @@ Calls with the same (context_data, timeout) share one ClusterRpcProxy.
 Exits 0 at EOF.
 
 Event mode:
-    python nameko_client.py dispatch <source_service> <event_type> '<json payload>'
+    python nameko_client.py dispatch [--declare] <source_service> <event_type> '<json payload>'
 dispatches one event with nameko.standalone.events.event_dispatcher and prints
-{"ok": true}.
+{"ok": true} (or an error line as above, exit 1). Note: Nameko 2.x's standalone
+dispatcher does not declare the `<source>.events` exchange, so publishing fails with
+NOT_FOUND until a handler (or a service-side dispatcher) has declared it; --declare
+makes the dispatcher declare it first (topic, durable, as Nameko declares it).
 """
 
 import warnings
@@ -106,16 +109,22 @@ def rpc_mode():
 
 
 def dispatch_mode(argv):
+    declare = bool(argv) and argv[0] == "--declare"
+    if declare:
+        argv = argv[1:]
     if len(argv) != 3:
         sys.stderr.write(
-            "usage: nameko_client.py dispatch <source_service> <event_type> '<json>'\n"
+            "usage: nameko_client.py dispatch [--declare] <source_service> <event_type> '<json>'\n"
         )
         return 2
-    from nameko.standalone.events import event_dispatcher
+    from nameko.standalone.events import event_dispatcher, get_event_exchange
 
     source, event_type, payload = argv[0], argv[1], json.loads(argv[2])
+    kwargs = {}
+    if declare:
+        kwargs["declare"] = [get_event_exchange(source, config())]
     try:
-        event_dispatcher(config())(source, event_type, payload)
+        event_dispatcher(config(), **kwargs)(source, event_type, payload)
     except Exception as exc:
         emit(error_record(exc))
         return 1
