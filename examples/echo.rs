@@ -12,10 +12,11 @@ use enoki::{Config, RemoteError, Runner, Service};
 use serde_json::Value;
 use std::time::Duration;
 
-/// The echo service definition, shared with tests and benches through `include!`-free copies:
-/// keep its interface stable.
+/// The echo service. Its interface is fixed: benches and interop tests target it. The name is
+/// `echo` unless `ECHO_SERVICE_NAME` says otherwise (tests run several side by side).
 fn echo_service() -> Service {
-    Service::new("echo")
+    let name = std::env::var("ECHO_SERVICE_NAME").unwrap_or_else(|_| "echo".to_owned());
+    Service::new(name)
         .rpc("echo", |_ctx, (value,): (Value,)| Ok(value))
         .rpc("add", |_ctx, (a, b): (Value, Value)| add(&a, &b))
         .rpc("fail", |_ctx, (message,): (String,)| -> enoki::Result<()> {
