@@ -365,7 +365,7 @@ struct AmqpPublisher {
 
 impl Publisher for AmqpPublisher {
     fn declare_exchange(&mut self, exchange: &ExchangeSpec) -> Result<()> {
-        if self.declared.iter().any(|n| *n == exchange.name) {
+        if self.declared.contains(&exchange.name) {
             return Ok(());
         }
         declare_exchange(&self.channel, exchange)

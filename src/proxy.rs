@@ -190,10 +190,10 @@ impl RpcClient {
     pub(crate) fn stop(&self) {
         let _ = self.control.send(Control::Stop);
         let thread = self.listener.lock().take();
-        if let Some(thread) = thread {
-            if thread.thread().id() != std::thread::current().id() {
-                let _ = thread.join();
-            }
+        if let Some(thread) = thread
+            && thread.thread().id() != std::thread::current().id()
+        {
+            let _ = thread.join();
         }
         for tx in self.pending.lock().drain().map(|(_, tx)| tx) {
             let _ = tx.send(Err(Error::new(ErrorKind::Stopped)));

@@ -33,9 +33,19 @@ fn signal_child() {
         .expect("runner");
 }
 
+/// The child process; killed and reaped if a test fails before it exits.
+struct ServiceProcess(Child);
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts a service named `name` in a child process and waits for its "started" log line.
-fn spawn_echo(name: &str) -> Child {
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+fn spawn_echo(name: &str) -> ServiceProcess {
+    let child = Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "--exact",
             "signal_child",
@@ -50,7 +60,8 @@ fn spawn_echo(name: &str) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("child starts");
-    let stderr = child.stderr.take().expect("stderr");
+    let mut child = ServiceProcess(child);
+    let stderr = child.0.stderr.take().expect("stderr");
     let (tx, rx) = crossbeam_channel::unbounded();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -68,18 +79,18 @@ fn spawn_echo(name: &str) -> Child {
     }
 }
 
-fn signal(child: &Child, name: &str) {
+fn signal(child: &ServiceProcess, name: &str) {
     let status = Command::new("kill")
-        .args(["-s", name, &child.id().to_string()])
+        .args(["-s", name, &child.0.id().to_string()])
         .status()
         .expect("kill runs");
     assert!(status.success());
 }
 
-fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+fn wait_exit(child: &mut ServiceProcess) -> std::process::ExitStatus {
     let deadline = Instant::now() + WAIT;
     loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
+        if let Some(status) = child.0.try_wait().expect("try_wait") {
             return status;
         }
         assert!(Instant::now() < deadline, "the service did not exit");
