@@ -153,7 +153,11 @@ impl RpcEntrypoint {
 
     /// Runs one request on a worker: decode, run, reply, ack, then the result hooks.
     pub(crate) fn handle(&self, runtime: &Arc<Runtime>, delivery: Delivery, worker: &mut Worker) {
-        let Delivery { message, acker, .. } = delivery;
+        let Delivery {
+            mut message, acker, ..
+        } = delivery;
+        // The context takes the headers; the reply needs only the other properties.
+        let headers = std::mem::take(&mut message.properties.headers);
         let props = message.properties;
         let Some(reply_to) = props.reply_to.as_deref() else {
             // Nameko crashes on this (KeyError), and the requeued message crashes the next
@@ -202,7 +206,6 @@ impl RpcEntrypoint {
             }
         };
 
-        let headers = props.headers.clone();
         let mut ctx = WorkerContext::new(runtime.clone(), entrypoint.clone(), headers);
         let mut out = std::mem::take(&mut worker.result);
         out.clear();

@@ -1,0 +1,906 @@
+//! RPC round trips: enoki against a raw amiquip floor, measured in the same run.
+//!
+//! ```text
+//! cargo bench --bench rpc
+//! ENOKI_BENCH_AMQP_URI=amqp://guest:guest@localhost:5672/enoki_test \
+//!     ENOKI_BENCH_CALLS=2000 ENOKI_BENCH_ROUNDS=2 cargo bench --bench rpc
+//! ```
+//!
+//! The floor is what any Nameko-compatible client and server must do on the wire, written
+//! directly on amiquip with nothing else: `TCP_NODELAY` sockets, separate consuming and
+//! publishing connections, a durable service queue bound to `nameko-rpc` consumed with prefetch
+//! 10, requests published persistent and mandatory and replies persistent, both waiting for
+//! their publisher confirm, requests acked only after the reply is confirmed, and a durable
+//! reply queue (`x-expires` five minutes) bound by a UUID. The floor does no JSON work and no
+//! dependency hooks; its requests carry the same `call_id_stack` header a Nameko client sends.
+//!
+//! Floor servers come in two shapes: `inline` handles each request on the consuming thread (the
+//! raw minimum, one at a time), `pool` hands requests to 10 worker threads, each with its own
+//! publishing channel, which send the acks back to the consuming thread (enoki's shape). Floor
+//! clients: `direct` consumes the reply queue on the calling thread (serial only), `shared` has
+//! a listener thread waking callers by correlation id (enoki's shape, needed for 32 in flight).
+//!
+//! The phases alternate floor, enoki, floor, enoki, ... (`ENOKI_BENCH_ROUNDS`, default 2) to
+//! spread the drift of a noisy machine over both; every reported number is the best of the
+//! rounds for that statistic (lowest percentile, highest throughput), for floor and enoki alike.
+//! A p50 of 20 ms or more means the 40 ms Nagle floor is back: the bench then fails.
+
+use amiquip::{
+    AmqpProperties, AmqpValue, Auth, Channel, Confirm, Connection, ConnectionOptions,
+    ConnectionTuning, ConsumerMessage, ConsumerOptions, Delivery, ExchangeDeclareOptions,
+    ExchangeType, FieldTable, Publish, QueueDeclareOptions, QueueDeleteOptions, Return,
+};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, select};
+use enoki::{AmqpUri, ClusterRpcProxy, Config, Container, Service};
+use parking_lot::Mutex;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::process::ExitCode;
+use std::sync::Barrier;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const DEFAULT_URI: &str = "amqp://guest:guest@localhost:5672/enoki_test";
+const EXCHANGE: &str = "nameko-rpc";
+/// enoki's default pool size and prefetch, used by the pool floor and the enoki container.
+const WORKERS: usize = 10;
+const PREFETCH: u16 = 10;
+const IN_FLIGHT: usize = 32;
+const WARMUP: usize = 200;
+const DEFAULT_CALLS: usize = 2000;
+const DEFAULT_ROUNDS: usize = 2;
+/// Nameko's reply queue expiry, sent as kombu does: a signed 32-bit integer.
+const REPLY_QUEUE_TTL_MS: i32 = 300_000;
+const HEARTBEAT: u16 = 60;
+/// Longest wait for any one confirm or reply before the bench gives up.
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// A p50 at or above this means Nagle's algorithm and delayed ACKs are back (about 44 ms).
+const NAGLE_P50: Duration = Duration::from_millis(20);
+const REQUEST_BODY: &[u8] = br#"{"args": ["hello"], "kwargs": {}}"#;
+const REPLY_BODY: &[u8] = br#"{"result": "hello", "error": null}"#;
+
+fn main() -> ExitCode {
+    let calls = env_usize("ENOKI_BENCH_CALLS", DEFAULT_CALLS);
+    let rounds = env_usize("ENOKI_BENCH_ROUNDS", DEFAULT_ROUNDS);
+    let per_thread = (calls / 4).max(1);
+    let uri_text = std::env::var("ENOKI_BENCH_AMQP_URI").unwrap_or_else(|_| DEFAULT_URI.into());
+    let (uri, uri_text) = reachable_vhost(&uri_text);
+    println!(
+        "rpc bench: broker {uri}, {rounds} rounds, serial {calls} calls, \
+         in flight {IN_FLIGHT} threads x {per_thread} calls, warm-up {WARMUP} calls"
+    );
+
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let echo = format!("bench_echo_{id}");
+    let inline_service = format!("bench_floor_inline_{id}");
+    let pool_service = format!("bench_floor_pool_{id}");
+    // Deletes the durable queues even if the bench panics; reply queues also expire.
+    let mut cleanup = Cleanup {
+        uri: uri.clone(),
+        queues: [&echo, &inline_service, &pool_service]
+            .map(|s| format!("rpc-{s}"))
+            .to_vec(),
+    };
+    let inline = FloorServer::start(&uri, &inline_service, 0);
+    let pool = FloorServer::start(&uri, &pool_service, WORKERS);
+    let config = Config::new().amqp_uri(&uri_text).max_workers(WORKERS);
+    let mut container = Container::new(
+        Service::new(&echo).rpc("echo", |_ctx, (v,): (Value,)| Ok(v)),
+        config.clone(),
+    );
+    container
+        .start()
+        .expect("cannot start the enoki echo service");
+    let cluster = ClusterRpcProxy::new(&config)
+        .expect("cannot start the enoki ClusterRpcProxy")
+        .timeout(TIMEOUT);
+    cleanup.queues.push(cluster.reply_queue().to_owned());
+
+    let mut results: HashMap<&'static str, Vec<Sample>> = HashMap::new();
+    for round in 1..=rounds {
+        eprintln!("round {round}/{rounds}: floor");
+        let mut record = |name, sample: Sample| {
+            let stats = Stats::of(&sample);
+            eprintln!(
+                "  {name:<50} p50 {:>6} µs  {:>6.0} calls/s",
+                micros(stats.p50),
+                stats.throughput
+            );
+            results.entry(name).or_default().push(sample);
+        };
+        record(
+            FLOOR_SERIAL_INLINE,
+            floor_serial_direct(&uri, &inline.service, calls),
+        );
+        record(
+            FLOOR_SERIAL_POOL,
+            floor_shared(&uri, &pool.service, 1, calls),
+        );
+        record(
+            FLOOR_FLIGHT_INLINE,
+            floor_shared(&uri, &inline.service, IN_FLIGHT, per_thread),
+        );
+        record(
+            FLOOR_FLIGHT_POOL,
+            floor_shared(&uri, &pool.service, IN_FLIGHT, per_thread),
+        );
+        eprintln!("round {round}/{rounds}: enoki");
+        record(ENOKI_SERIAL, enoki_calls(&cluster, &echo, 1, calls));
+        record(
+            ENOKI_FLIGHT,
+            enoki_calls(&cluster, &echo, IN_FLIGHT, per_thread),
+        );
+    }
+
+    cluster.close();
+    container.stop();
+    inline.stop();
+    pool.stop();
+    drop(cleanup);
+
+    let best: HashMap<&str, Stats> = results
+        .iter()
+        .map(|(name, samples)| (*name, Stats::best_of(samples)))
+        .collect();
+    report(&best)
+}
+
+// Rows of the results, by what was measured.
+const FLOOR_SERIAL_INLINE: &str = "floor serial, inline server, direct client";
+const FLOOR_SERIAL_POOL: &str = "floor serial, pool server, shared client";
+const FLOOR_FLIGHT_INLINE: &str = "floor 32 in flight, inline server, shared client";
+const FLOOR_FLIGHT_POOL: &str = "floor 32 in flight, pool server, shared client";
+const ENOKI_SERIAL: &str = "enoki serial";
+const ENOKI_FLIGHT: &str = "enoki 32 in flight";
+
+fn report(best: &HashMap<&str, Stats>) -> ExitCode {
+    let row = |name: &str| &best[name];
+    println!();
+    println!("every measurement, best of rounds (latency in µs):");
+    println!(
+        "{:<50} {:>8} {:>8} {:>8} {:>10}",
+        "", "p50", "p90", "p99", "calls/s"
+    );
+    for name in [
+        FLOOR_SERIAL_INLINE,
+        FLOOR_SERIAL_POOL,
+        FLOOR_FLIGHT_INLINE,
+        FLOOR_FLIGHT_POOL,
+        ENOKI_SERIAL,
+        ENOKI_FLIGHT,
+    ] {
+        let s = row(name);
+        println!(
+            "{name:<50} {:>8} {:>8} {:>8} {:>10.0}",
+            micros(s.p50),
+            micros(s.p90),
+            micros(s.p99),
+            s.throughput
+        );
+    }
+
+    // The serial floor is the raw minimum; under load, whichever floor shape serves more.
+    let serial_floor = FLOOR_SERIAL_INLINE;
+    let flight_floor = if row(FLOOR_FLIGHT_POOL).throughput >= row(FLOOR_FLIGHT_INLINE).throughput {
+        FLOOR_FLIGHT_POOL
+    } else {
+        FLOOR_FLIGHT_INLINE
+    };
+    println!();
+    println!(
+        "{:<14} | {:>23} | {:>23} | {:>9}",
+        "latency (µs)", "floor p50/p90/p99", "enoki p50/p90/p99", "ratio p50"
+    );
+    for (workload, floor, enoki) in [
+        ("serial", serial_floor, ENOKI_SERIAL),
+        ("32 in flight", flight_floor, ENOKI_FLIGHT),
+    ] {
+        let (f, e) = (row(floor), row(enoki));
+        println!(
+            "{workload:<14} | {:>23} | {:>23} | {:>9.3}",
+            format!("{}/{}/{}", micros(f.p50), micros(f.p90), micros(f.p99)),
+            format!("{}/{}/{}", micros(e.p50), micros(e.p90), micros(e.p99)),
+            e.p50.as_secs_f64() / f.p50.as_secs_f64()
+        );
+    }
+    println!();
+    println!(
+        "{:<14} | {:>13} | {:>13} | {:>9}",
+        "throughput", "floor calls/s", "enoki calls/s", "ratio"
+    );
+    for (workload, floor, enoki) in [
+        ("serial", serial_floor, ENOKI_SERIAL),
+        ("32 in flight", flight_floor, ENOKI_FLIGHT),
+    ] {
+        let (f, e) = (row(floor), row(enoki));
+        println!(
+            "{workload:<14} | {:>13.0} | {:>13.0} | {:>9.3}",
+            f.throughput,
+            e.throughput,
+            e.throughput / f.throughput
+        );
+    }
+    println!();
+    println!("floor for serial: {serial_floor}");
+    println!("floor for 32 in flight (the higher throughput): {flight_floor}");
+
+    // Serial calls only: with 32 in flight the p50 is mostly queueing (Little's law: 32 calls
+    // over the throughput), so it can pass 20 ms on a slow broker without any Nagle stall.
+    let slow: Vec<&str> = [FLOOR_SERIAL_INLINE, FLOOR_SERIAL_POOL, ENOKI_SERIAL]
+        .into_iter()
+        .filter(|name| row(name).p50 >= NAGLE_P50)
+        .collect();
+    if slow.is_empty() {
+        println!(
+            "Nagle check: every serial p50 is under {} ms: ok",
+            NAGLE_P50.as_millis()
+        );
+        ExitCode::SUCCESS
+    } else {
+        println!("WARNING: 40 ms Nagle floor detected (p50 >= 20 ms in: {slow:?})");
+        ExitCode::FAILURE
+    }
+}
+
+/// Latencies of one measurement and the wall time it took.
+struct Sample {
+    latencies: Vec<Duration>,
+    wall: Duration,
+}
+
+/// Percentiles and throughput.
+#[derive(Clone, Copy)]
+struct Stats {
+    p50: Duration,
+    p90: Duration,
+    p99: Duration,
+    throughput: f64,
+}
+
+impl Stats {
+    fn of(sample: &Sample) -> Stats {
+        let mut sorted = sample.latencies.clone();
+        sorted.sort_unstable();
+        Stats {
+            p50: percentile(&sorted, 50.0),
+            p90: percentile(&sorted, 90.0),
+            p99: percentile(&sorted, 99.0),
+            throughput: sorted.len() as f64 / sample.wall.as_secs_f64(),
+        }
+    }
+
+    /// The best of each statistic over the rounds.
+    fn best_of(samples: &[Sample]) -> Stats {
+        samples
+            .iter()
+            .map(Stats::of)
+            .reduce(|a, b| Stats {
+                p50: a.p50.min(b.p50),
+                p90: a.p90.min(b.p90),
+                p99: a.p99.min(b.p99),
+                throughput: a.throughput.max(b.throughput),
+            })
+            .expect("at least one round")
+    }
+}
+
+/// Nearest-rank percentile of sorted, non-empty latencies.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn micros(d: Duration) -> u128 {
+    d.as_micros()
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| panic!("{name} must be a positive integer, not {v:?}")),
+        Err(_) => default,
+    }
+}
+
+/// `calls` round trips on the calling thread after a warm-up; `call` makes one.
+fn measure_serial(calls: usize, mut call: impl FnMut()) -> Sample {
+    for _ in 0..WARMUP {
+        call();
+    }
+    let mut latencies = Vec::with_capacity(calls);
+    let t = Instant::now();
+    for _ in 0..calls {
+        let started = Instant::now();
+        call();
+        latencies.push(started.elapsed());
+    }
+    Sample {
+        latencies,
+        wall: t.elapsed(),
+    }
+}
+
+/// `per_thread` round trips on each of `threads` threads after a warm-up, the measured calls
+/// of all threads starting together. `setup` makes each thread's state, `call` one round trip.
+fn measure_threads<S>(
+    threads: usize,
+    per_thread: usize,
+    setup: impl Fn() -> S + Sync,
+    call: impl Fn(&mut S) + Sync,
+) -> Sample {
+    let warmup = (WARMUP / threads).max(10);
+    let start = Barrier::new(threads + 1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut state = setup();
+                    for _ in 0..warmup {
+                        call(&mut state);
+                    }
+                    start.wait();
+                    let mut latencies = Vec::with_capacity(per_thread);
+                    for _ in 0..per_thread {
+                        let started = Instant::now();
+                        call(&mut state);
+                        latencies.push(started.elapsed());
+                    }
+                    latencies
+                })
+            })
+            .collect();
+        start.wait();
+        let t = Instant::now();
+        let latencies: Vec<Duration> = handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a bench thread panicked"))
+            .collect();
+        Sample {
+            latencies,
+            wall: t.elapsed(),
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// enoki
+
+fn enoki_calls(cluster: &ClusterRpcProxy, service: &str, threads: usize, n: usize) -> Sample {
+    measure_threads(
+        threads,
+        n,
+        || (),
+        |()| {
+            let reply: Value = cluster
+                .call(service, "echo", ("hello",))
+                .expect("enoki echo call failed");
+            assert_eq!(reply, "hello");
+        },
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Broker plumbing shared by the floor
+
+/// Parses the URI and checks its vhost is reachable; falls back to `/` if it is not.
+fn reachable_vhost(text: &str) -> (AmqpUri, String) {
+    let mut uri = AmqpUri::parse(text).expect("ENOKI_BENCH_AMQP_URI is not a valid AMQP URI");
+    match try_connect(&uri, 0) {
+        Ok(connection) => {
+            let _ = connection.close();
+            (uri, text.to_owned())
+        }
+        Err(e) if uri.vhost != "/" => {
+            eprintln!(
+                "cannot open vhost {:?} ({e}); falling back to `/`",
+                uri.vhost
+            );
+            uri.vhost = "/".to_owned();
+            let connection = connect(&uri, 0);
+            let _ = connection.close();
+            let text = format!(
+                "amqp://{}:{}@{}/%2F",
+                percent_encode(&uri.username),
+                percent_encode(&uri.password),
+                uri.addr()
+            );
+            (uri, text)
+        }
+        Err(e) => panic!("cannot connect to {uri}: {e}"),
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Opens an AMQP connection on a socket with `TCP_NODELAY`, as enoki does.
+fn try_connect(uri: &AmqpUri, heartbeat: u16) -> Result<Connection, Box<dyn std::error::Error>> {
+    let stream = TcpStream::connect(uri.addr())?;
+    stream.set_nodelay(true)?;
+    let stream = mio::net::TcpStream::from_stream(stream)?;
+    let options = ConnectionOptions::default()
+        .auth(Auth::Plain {
+            username: uri.username.clone(),
+            password: uri.password.clone(),
+        })
+        .virtual_host(uri.vhost.clone())
+        .heartbeat(heartbeat);
+    Ok(Connection::insecure_open_stream(
+        stream,
+        options,
+        ConnectionTuning::default(),
+    )?)
+}
+
+fn connect(uri: &AmqpUri, heartbeat: u16) -> Connection {
+    try_connect(uri, heartbeat).unwrap_or_else(|e| panic!("cannot connect to {uri}: {e}"))
+}
+
+fn open_channel(connection: &mut Connection) -> Channel {
+    connection
+        .open_channel(None)
+        .expect("cannot open an AMQP channel")
+}
+
+/// Declares `nameko-rpc` with Nameko's flags, and a durable queue bound to it by `key`.
+fn declare_bound_queue(channel: &Channel, queue: &str, key: &str, expires: bool) {
+    channel
+        .exchange_declare(
+            ExchangeType::Topic,
+            EXCHANGE,
+            ExchangeDeclareOptions {
+                durable: true,
+                auto_delete: false,
+                internal: false,
+                arguments: FieldTable::default(),
+            },
+        )
+        .expect("cannot declare the nameko-rpc exchange");
+    let mut arguments = FieldTable::default();
+    if expires {
+        arguments.insert("x-expires".into(), AmqpValue::LongInt(REPLY_QUEUE_TTL_MS));
+    }
+    channel
+        .queue_declare(
+            queue,
+            QueueDeclareOptions {
+                durable: true,
+                exclusive: false,
+                auto_delete: false,
+                arguments,
+            },
+        )
+        .expect("cannot declare a bench queue");
+    channel
+        .queue_bind(queue, EXCHANGE, key, FieldTable::default())
+        .expect("cannot bind a bench queue");
+}
+
+fn consumer_options() -> ConsumerOptions {
+    ConsumerOptions {
+        no_local: false,
+        no_ack: false,
+        exclusive: false,
+        arguments: FieldTable::default(),
+    }
+}
+
+/// Deletes its queues when dropped, also while unwinding from a panic.
+struct Cleanup {
+    uri: AmqpUri,
+    queues: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let mut connection = match try_connect(&self.uri, 0) {
+            Ok(c) => c,
+            Err(e) => return eprintln!("cannot delete the bench queues {:?}: {e}", self.queues),
+        };
+        // A delete of a missing queue closes the channel: one channel per queue.
+        for queue in &self.queues {
+            let deleted = connection.open_channel(None).and_then(|channel| {
+                channel.queue_delete(queue.as_str(), QueueDeleteOptions::default())?;
+                channel.close()
+            });
+            if let Err(e) = deleted {
+                eprintln!("cannot delete queue {queue}: {e}");
+            }
+        }
+        let _ = connection.close();
+    }
+}
+
+/// A channel in confirm mode that publishes one message at a time and waits for its confirm.
+struct ConfirmedPublisher {
+    channel: Channel,
+    confirms: Receiver<Confirm>,
+    returns: Receiver<Return>,
+    seq: u64,
+}
+
+impl ConfirmedPublisher {
+    fn open(connection: &mut Connection) -> ConfirmedPublisher {
+        let channel = open_channel(connection);
+        let returns = channel
+            .listen_for_returns()
+            .expect("cannot listen for returns");
+        let confirms = channel
+            .listen_for_publisher_confirms()
+            .expect("cannot listen for confirms");
+        channel
+            .enable_publisher_confirms()
+            .expect("cannot enable publisher confirms");
+        ConfirmedPublisher {
+            channel,
+            confirms,
+            returns,
+            seq: 0,
+        }
+    }
+
+    /// Publishes persistent to `nameko-rpc` and waits for the confirm; panics if the broker
+    /// nacks or returns it.
+    fn publish(
+        &mut self,
+        routing_key: &str,
+        properties: AmqpProperties,
+        body: &[u8],
+        mandatory: bool,
+    ) {
+        self.channel
+            .basic_publish(
+                EXCHANGE,
+                Publish {
+                    body,
+                    routing_key: routing_key.to_owned(),
+                    mandatory,
+                    immediate: false,
+                    properties: properties.with_delivery_mode(2).with_priority(0),
+                },
+            )
+            .expect("publish failed");
+        self.seq += 1;
+        loop {
+            match self.confirms.recv_timeout(TIMEOUT) {
+                Ok(Confirm::Ack(p))
+                    if p.delivery_tag == self.seq || (p.multiple && p.delivery_tag > self.seq) =>
+                {
+                    break;
+                }
+                Ok(Confirm::Nack(p)) if p.delivery_tag >= self.seq => {
+                    panic!("the broker nacked a publish")
+                }
+                Ok(_) => continue,
+                Err(e) => panic!("no publisher confirm: {e}"),
+            }
+        }
+        assert!(
+            self.returns.try_recv().is_err(),
+            "the broker returned a publish to {routing_key}: nothing is bound"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Floor server
+
+/// A raw echo server on its own queue, consuming on one connection, publishing on another.
+struct FloorServer {
+    service: String,
+    stop: Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+/// A request as handed to a pool worker.
+struct Job {
+    tag: u64,
+    reply_to: String,
+    properties: AmqpProperties,
+}
+
+impl FloorServer {
+    /// Starts serving `service` inline (`workers == 0`) or on a pool of `workers` threads;
+    /// returns once the queue is consumed.
+    fn start(uri: &AmqpUri, service: &str, workers: usize) -> FloorServer {
+        let (stop, stop_rx) = crossbeam_channel::bounded(1);
+        let (ready, ready_rx) = crossbeam_channel::bounded(1);
+        let (uri, name) = (uri.clone(), service.to_owned());
+        let thread = std::thread::Builder::new()
+            .name(format!("floor-{service}"))
+            .spawn(move || serve(&uri, &name, workers, &ready, &stop_rx))
+            .expect("cannot spawn the floor server");
+        ready_rx
+            .recv_timeout(TIMEOUT)
+            .expect("the floor server did not start");
+        FloorServer {
+            service: service.to_owned(),
+            stop,
+            thread,
+        }
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        self.thread.join().expect("the floor server panicked");
+    }
+}
+
+/// The reply to a request: the request's correlation id and content type, persistent.
+fn reply_properties(request: &AmqpProperties) -> AmqpProperties {
+    let mut properties = AmqpProperties::default()
+        .with_content_encoding("utf-8".to_owned())
+        .with_headers(FieldTable::default());
+    if let Some(v) = request.content_type() {
+        properties = properties.with_content_type(v.clone());
+    }
+    if let Some(v) = request.correlation_id() {
+        properties = properties.with_correlation_id(v.clone());
+    }
+    properties
+}
+
+fn serve(uri: &AmqpUri, service: &str, workers: usize, ready: &Sender<()>, stop: &Receiver<()>) {
+    let queue = format!("rpc-{service}");
+    let mut consuming = connect(uri, HEARTBEAT);
+    let mut publishing = connect(uri, 0);
+    let channel = open_channel(&mut consuming);
+    declare_bound_queue(&channel, &queue, &format!("{service}.*"), false);
+    channel
+        .qos(0, PREFETCH, false)
+        .expect("cannot set the prefetch");
+    let consumer = channel
+        .basic_consume(queue.as_str(), consumer_options())
+        .expect("cannot consume the floor queue");
+
+    let (jobs, jobs_rx) = crossbeam_channel::bounded::<Job>(workers.max(1));
+    let (acks, acks_rx) = crossbeam_channel::unbounded::<u64>();
+    let mut inline = (workers == 0).then(|| ConfirmedPublisher::open(&mut publishing));
+    let pool: Vec<_> = (0..workers)
+        .map(|_| {
+            let mut publisher = ConfirmedPublisher::open(&mut publishing);
+            let (jobs, acks) = (jobs_rx.clone(), acks.clone());
+            std::thread::spawn(move || {
+                for job in jobs {
+                    publisher.publish(
+                        &job.reply_to,
+                        reply_properties(&job.properties),
+                        REPLY_BODY,
+                        false,
+                    );
+                    let _ = acks.send(job.tag);
+                }
+            })
+        })
+        .collect();
+    // Only the workers hold the job receiver, so a send fails if they are all gone; `acks`
+    // stays open here so an inline server's select never sees it disconnect.
+    drop(jobs_rx);
+    let _ = ready.send(());
+
+    // Deliveries handed to the pool and not yet acked, by tag.
+    let mut outstanding: HashMap<u64, Delivery> = HashMap::new();
+    loop {
+        select! {
+            recv(consumer.receiver()) -> message => match message {
+                Ok(ConsumerMessage::Delivery(delivery)) => {
+                    let reply_to = delivery
+                        .properties
+                        .reply_to()
+                        .clone()
+                        .expect("a request without reply_to");
+                    match &mut inline {
+                        Some(publisher) => {
+                            publisher.publish(
+                                &reply_to,
+                                reply_properties(&delivery.properties),
+                                REPLY_BODY,
+                                false,
+                            );
+                            delivery.ack(&channel).expect("ack failed");
+                        }
+                        None => {
+                            let job = Job {
+                                tag: delivery.delivery_tag(),
+                                reply_to,
+                                properties: delivery.properties.clone(),
+                            };
+                            outstanding.insert(job.tag, delivery);
+                            jobs.send(job).expect("the floor pool is gone");
+                        }
+                    }
+                }
+                other => panic!("the floor consumer stopped: {other:?}"),
+            },
+            recv(acks_rx) -> tag => {
+                let tag = tag.expect("the floor pool is gone");
+                if let Some(delivery) = outstanding.remove(&tag) {
+                    delivery.ack(&channel).expect("ack failed");
+                }
+            },
+            recv(stop) -> _ => break,
+        }
+    }
+
+    drop((jobs, acks));
+    for worker in pool {
+        worker.join().expect("a floor worker panicked");
+    }
+    consumer.cancel().expect("cannot cancel the floor consumer");
+    drop(consumer);
+    channel
+        .queue_delete(queue.as_str(), QueueDeleteOptions::default())
+        .expect("cannot delete the floor queue");
+    drop(inline);
+    let _ = channel.close();
+    let _ = consuming.close();
+    let _ = publishing.close();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Floor client
+
+/// A request's properties as a Nameko client sends them (persistence is added on publish).
+fn request_properties(reply_to: &str, correlation_id: String, call_id: &str) -> AmqpProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "nameko.call_id_stack".into(),
+        AmqpValue::FieldArray(vec![AmqpValue::LongString(call_id.to_owned())]),
+    );
+    AmqpProperties::default()
+        .with_content_type("application/json".to_owned())
+        .with_content_encoding("utf-8".to_owned())
+        .with_correlation_id(correlation_id)
+        .with_reply_to(reply_to.to_owned())
+        .with_headers(headers)
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Serial calls, the caller consuming its reply queue itself: the raw minimum.
+fn floor_serial_direct(uri: &AmqpUri, service: &str, calls: usize) -> Sample {
+    let reply_to = new_id();
+    let reply_queue = format!("rpc.reply-bench-{reply_to}");
+    let call_id = format!("bench.call.{}", new_id());
+    let routing_key = format!("{service}.echo");
+    let mut consuming = connect(uri, HEARTBEAT);
+    let mut publishing = connect(uri, 0);
+    let channel = open_channel(&mut consuming);
+    declare_bound_queue(&channel, &reply_queue, &reply_to, true);
+    let consumer = channel
+        .basic_consume(reply_queue.as_str(), consumer_options())
+        .expect("cannot consume the reply queue");
+    let mut publisher = ConfirmedPublisher::open(&mut publishing);
+    let replies = consumer.receiver();
+
+    let sample = measure_serial(calls, || {
+        let correlation_id = new_id();
+        let properties = request_properties(&reply_to, correlation_id.clone(), &call_id);
+        publisher.publish(&routing_key, properties, REQUEST_BODY, true);
+        loop {
+            match replies.recv_timeout(TIMEOUT) {
+                Ok(ConsumerMessage::Delivery(delivery)) => {
+                    let mine = delivery.properties.correlation_id().as_deref()
+                        == Some(correlation_id.as_str());
+                    delivery.ack(&channel).expect("ack failed");
+                    if mine {
+                        break;
+                    }
+                }
+                other => panic!("no reply: {other:?}"),
+            }
+        }
+    });
+
+    drop(publisher);
+    consumer.cancel().expect("cannot cancel the reply consumer");
+    drop(consumer);
+    channel
+        .queue_delete(reply_queue.as_str(), QueueDeleteOptions::default())
+        .expect("cannot delete the reply queue");
+    let _ = channel.close();
+    let _ = consuming.close();
+    let _ = publishing.close();
+    sample
+}
+
+/// Calls from `threads` threads sharing one reply queue, each publishing on its own confirming
+/// channel, a listener thread waking callers by correlation id.
+fn floor_shared(uri: &AmqpUri, service: &str, threads: usize, per_thread: usize) -> Sample {
+    let reply_to = new_id();
+    let reply_queue = format!("rpc.reply-bench-{reply_to}");
+    let call_id = format!("bench.call.{}", new_id());
+    let routing_key = format!("{service}.echo");
+    let mut consuming = connect(uri, HEARTBEAT);
+    let mut publishing = connect(uri, 0);
+    let channel = open_channel(&mut consuming);
+    declare_bound_queue(&channel, &reply_queue, &reply_to, true);
+    let pending: Mutex<HashMap<String, Sender<Vec<u8>>>> = Mutex::new(HashMap::new());
+    let publishers = Mutex::new(
+        (0..threads)
+            .map(|_| ConfirmedPublisher::open(&mut publishing))
+            .collect::<Vec<_>>(),
+    );
+    let (stop, stop_rx) = crossbeam_channel::bounded::<()>(1);
+
+    let sample = std::thread::scope(|scope| {
+        let (listening, listening_rx) = crossbeam_channel::bounded(1);
+        let (pending, reply_queue) = (&pending, &reply_queue);
+        // The listener owns the consuming channel (amiquip's Channel is not Sync), acks each
+        // reply, wakes its caller, and deletes the reply queue when told to stop.
+        scope.spawn(move || {
+            let consumer = channel
+                .basic_consume(reply_queue.as_str(), consumer_options())
+                .expect("cannot consume the reply queue");
+            let _ = listening.send(());
+            loop {
+                select! {
+                    recv(consumer.receiver()) -> message => match message {
+                        Ok(ConsumerMessage::Delivery(mut delivery)) => {
+                            let body = std::mem::take(&mut delivery.body);
+                            let waiter = delivery
+                                .properties
+                                .correlation_id()
+                                .as_ref()
+                                .and_then(|id| pending.lock().remove(id));
+                            delivery.ack(&channel).expect("ack failed");
+                            if let Some(waiter) = waiter {
+                                let _ = waiter.send(body);
+                            }
+                        }
+                        other => panic!("the reply consumer stopped: {other:?}"),
+                    },
+                    recv(stop_rx) -> _ => break,
+                }
+            }
+            consumer.cancel().expect("cannot cancel the reply consumer");
+            drop(consumer);
+            channel
+                .queue_delete(reply_queue.as_str(), QueueDeleteOptions::default())
+                .expect("cannot delete the reply queue");
+            let _ = channel.close();
+        });
+        listening_rx
+            .recv_timeout(TIMEOUT)
+            .expect("the reply listener did not start");
+
+        let sample = measure_threads(
+            threads,
+            per_thread,
+            || publishers.lock().pop().expect("one publisher per thread"),
+            |publisher| {
+                let correlation_id = new_id();
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                pending.lock().insert(correlation_id.clone(), tx);
+                let properties = request_properties(&reply_to, correlation_id, &call_id);
+                publisher.publish(&routing_key, properties, REQUEST_BODY, true);
+                match rx.recv_timeout(TIMEOUT) {
+                    Ok(body) => assert_eq!(body, REPLY_BODY),
+                    Err(RecvTimeoutError::Timeout) => panic!("no reply within {TIMEOUT:?}"),
+                    Err(RecvTimeoutError::Disconnected) => panic!("the reply listener is gone"),
+                }
+            },
+        );
+        let _ = stop.send(());
+        sample
+    });
+
+    let _ = consuming.close();
+    let _ = publishing.close();
+    sample
+}
