@@ -50,6 +50,8 @@ const IN_FLIGHT: usize = 32;
 const WARMUP: usize = 200;
 const DEFAULT_CALLS: usize = 2000;
 const DEFAULT_ROUNDS: usize = 2;
+/// Serial calls are interleaved between floor and enoki in blocks of this many calls.
+const BLOCK: usize = 50;
 /// Nameko's reply queue expiry, sent as kombu does: a signed 32-bit integer.
 const REPLY_QUEUE_TTL_MS: i32 = 300_000;
 const HEARTBEAT: u16 = 60;
@@ -99,7 +101,7 @@ fn main() -> ExitCode {
 
     let mut results: HashMap<&'static str, Vec<Sample>> = HashMap::new();
     for round in 1..=rounds {
-        eprintln!("round {round}/{rounds}: floor");
+        eprintln!("round {round}/{rounds}: serial, floor and enoki interleaved");
         let mut record = |name, sample: Sample| {
             let stats = Stats::of(&sample);
             eprintln!(
@@ -109,28 +111,32 @@ fn main() -> ExitCode {
             );
             results.entry(name).or_default().push(sample);
         };
-        record(
-            FLOOR_SERIAL_INLINE,
-            floor_serial_direct(&uri, &inline.service, calls),
-        );
-        record(
-            FLOOR_SERIAL_POOL,
-            floor_shared(&uri, &pool.service, 1, calls),
-        );
-        record(
-            FLOOR_FLIGHT_INLINE,
-            floor_shared(&uri, &inline.service, IN_FLIGHT, per_thread),
-        );
-        record(
-            FLOOR_FLIGHT_POOL,
-            floor_shared(&uri, &pool.service, IN_FLIGHT, per_thread),
-        );
-        eprintln!("round {round}/{rounds}: enoki");
-        record(ENOKI_SERIAL, enoki_calls(&cluster, &echo, 1, calls));
-        record(
-            ENOKI_FLIGHT,
-            enoki_calls(&cluster, &echo, IN_FLIGHT, per_thread),
-        );
+        let serial = with_direct_client(&uri, &inline.service, |direct| {
+            with_shared_client(&uri, &pool.service, 1, |shared| {
+                measure_interleaved(
+                    calls,
+                    &mut [direct, &mut || shared.call(), &mut || {
+                        enoki_call(&cluster, &echo)
+                    }],
+                )
+            })
+        });
+        for (name, sample) in [FLOOR_SERIAL_INLINE, FLOOR_SERIAL_POOL, ENOKI_SERIAL]
+            .into_iter()
+            .zip(serial)
+        {
+            record(name, sample);
+        }
+        eprintln!("round {round}/{rounds}: {IN_FLIGHT} in flight, floor");
+        for (name, server) in [(FLOOR_FLIGHT_INLINE, &inline), (FLOOR_FLIGHT_POOL, &pool)] {
+            let sample = with_shared_client(&uri, &server.service, IN_FLIGHT, |client| {
+                measure_threads(IN_FLIGHT, per_thread, || client.call())
+            });
+            record(name, sample);
+        }
+        eprintln!("round {round}/{rounds}: {IN_FLIGHT} in flight, enoki");
+        let sample = measure_threads(IN_FLIGHT, per_thread, || enoki_call(&cluster, &echo));
+        record(ENOKI_FLIGHT, sample);
     }
 
     cluster.close();
@@ -307,47 +313,56 @@ fn env_usize(name: &str, default: usize) -> usize {
     }
 }
 
-/// `calls` round trips on the calling thread after a warm-up; `call` makes one.
-fn measure_serial(calls: usize, mut call: impl FnMut()) -> Sample {
-    for _ in 0..WARMUP {
-        call();
+/// Serial round trips from several clients on the calling thread, after a warm-up of each,
+/// interleaved in blocks of [`BLOCK`] calls so that the drift of a noisy machine falls on all of
+/// them alike. Returns one sample per client, in order.
+fn measure_interleaved(calls: usize, clients: &mut [&mut dyn FnMut()]) -> Vec<Sample> {
+    for call in clients.iter_mut() {
+        for _ in 0..WARMUP {
+            call();
+        }
     }
-    let mut latencies = Vec::with_capacity(calls);
-    let t = Instant::now();
-    for _ in 0..calls {
-        let started = Instant::now();
-        call();
-        latencies.push(started.elapsed());
+    let mut samples: Vec<Sample> = clients
+        .iter()
+        .map(|_| Sample {
+            latencies: Vec::with_capacity(calls),
+            wall: Duration::ZERO,
+        })
+        .collect();
+    for block in 0..calls.div_ceil(BLOCK) {
+        let n = BLOCK.min(calls - block * BLOCK);
+        for i in 0..clients.len() {
+            // Rotate who goes first, so that no client always follows the same one.
+            let c = (block + i) % clients.len();
+            let block_start = Instant::now();
+            for _ in 0..n {
+                let started = Instant::now();
+                clients[c]();
+                samples[c].latencies.push(started.elapsed());
+            }
+            samples[c].wall += block_start.elapsed();
+        }
     }
-    Sample {
-        latencies,
-        wall: t.elapsed(),
-    }
+    samples
 }
 
 /// `per_thread` round trips on each of `threads` threads after a warm-up, the measured calls
-/// of all threads starting together. `setup` makes each thread's state, `call` one round trip.
-fn measure_threads<S>(
-    threads: usize,
-    per_thread: usize,
-    setup: impl Fn() -> S + Sync,
-    call: impl Fn(&mut S) + Sync,
-) -> Sample {
+/// of all threads starting together; `call` makes one round trip.
+fn measure_threads(threads: usize, per_thread: usize, call: impl Fn() + Sync) -> Sample {
     let warmup = (WARMUP / threads).max(10);
     let start = Barrier::new(threads + 1);
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
-                    let mut state = setup();
                     for _ in 0..warmup {
-                        call(&mut state);
+                        call();
                     }
                     start.wait();
                     let mut latencies = Vec::with_capacity(per_thread);
                     for _ in 0..per_thread {
                         let started = Instant::now();
-                        call(&mut state);
+                        call();
                         latencies.push(started.elapsed());
                     }
                     latencies
@@ -370,18 +385,11 @@ fn measure_threads<S>(
 // ---------------------------------------------------------------------------------------------
 // enoki
 
-fn enoki_calls(cluster: &ClusterRpcProxy, service: &str, threads: usize, n: usize) -> Sample {
-    measure_threads(
-        threads,
-        n,
-        || (),
-        |()| {
-            let reply: Value = cluster
-                .call(service, "echo", ("hello",))
-                .expect("enoki echo call failed");
-            assert_eq!(reply, "hello");
-        },
-    )
+fn enoki_call(cluster: &ClusterRpcProxy, service: &str) {
+    let reply: Value = cluster
+        .call(service, "echo", ("hello",))
+        .expect("enoki echo call failed");
+    assert_eq!(reply, "hello");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -772,8 +780,13 @@ fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-/// Serial calls, the caller consuming its reply queue itself: the raw minimum.
-fn floor_serial_direct(uri: &AmqpUri, service: &str, calls: usize) -> Sample {
+/// Runs `body` with a raw serial client of `service`, which consumes its own reply queue on
+/// the calling thread: the minimum a round trip can cost.
+fn with_direct_client<R>(
+    uri: &AmqpUri,
+    service: &str,
+    body: impl FnOnce(&mut dyn FnMut()) -> R,
+) -> R {
     let reply_to = new_id();
     let reply_queue = format!("rpc.reply-bench-{reply_to}");
     let call_id = format!("bench.call.{}", new_id());
@@ -788,7 +801,7 @@ fn floor_serial_direct(uri: &AmqpUri, service: &str, calls: usize) -> Sample {
     let mut publisher = ConfirmedPublisher::open(&mut publishing);
     let replies = consumer.receiver();
 
-    let sample = measure_serial(calls, || {
+    let result = body(&mut || {
         let correlation_id = new_id();
         let properties = request_properties(&reply_to, correlation_id.clone(), &call_id);
         publisher.publish(&routing_key, properties, REQUEST_BODY, true);
@@ -797,6 +810,7 @@ fn floor_serial_direct(uri: &AmqpUri, service: &str, calls: usize) -> Sample {
                 Ok(ConsumerMessage::Delivery(delivery)) => {
                     let mine = delivery.properties.correlation_id().as_deref()
                         == Some(correlation_id.as_str());
+                    assert_eq!(delivery.body, REPLY_BODY);
                     delivery.ack(&channel).expect("ack failed");
                     if mine {
                         break;
@@ -816,31 +830,70 @@ fn floor_serial_direct(uri: &AmqpUri, service: &str, calls: usize) -> Sample {
     let _ = channel.close();
     let _ = consuming.close();
     let _ = publishing.close();
-    sample
+    result
 }
 
-/// Calls from `threads` threads sharing one reply queue, each publishing on its own confirming
-/// channel, a listener thread waking callers by correlation id.
-fn floor_shared(uri: &AmqpUri, service: &str, threads: usize, per_thread: usize) -> Sample {
+/// A raw client shaped like enoki's: one reply queue shared by every calling thread, a listener
+/// thread that wakes callers by correlation id, and a pool of confirming publishing channels.
+struct SharedClient {
+    reply_to: String,
+    routing_key: String,
+    call_id: String,
+    pending: Mutex<HashMap<String, Sender<Vec<u8>>>>,
+    publishers: Mutex<Vec<ConfirmedPublisher>>,
+}
+
+impl SharedClient {
+    /// One round trip; safe to call from many threads at once.
+    fn call(&self) {
+        let correlation_id = new_id();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.pending.lock().insert(correlation_id.clone(), tx);
+        let properties = request_properties(&self.reply_to, correlation_id, &self.call_id);
+        let mut publisher = self
+            .publishers
+            .lock()
+            .pop()
+            .expect("more callers than publishing channels");
+        publisher.publish(&self.routing_key, properties, REQUEST_BODY, true);
+        self.publishers.lock().push(publisher);
+        match rx.recv_timeout(TIMEOUT) {
+            Ok(body) => assert_eq!(body, REPLY_BODY),
+            Err(RecvTimeoutError::Timeout) => panic!("no reply within {TIMEOUT:?}"),
+            Err(RecvTimeoutError::Disconnected) => panic!("the reply listener is gone"),
+        }
+    }
+}
+
+/// Runs `body` with a [`SharedClient`] of `service` for up to `callers` concurrent callers.
+fn with_shared_client<R>(
+    uri: &AmqpUri,
+    service: &str,
+    callers: usize,
+    body: impl FnOnce(&SharedClient) -> R,
+) -> R {
     let reply_to = new_id();
     let reply_queue = format!("rpc.reply-bench-{reply_to}");
-    let call_id = format!("bench.call.{}", new_id());
-    let routing_key = format!("{service}.echo");
     let mut consuming = connect(uri, HEARTBEAT);
     let mut publishing = connect(uri, 0);
     let channel = open_channel(&mut consuming);
     declare_bound_queue(&channel, &reply_queue, &reply_to, true);
-    let pending: Mutex<HashMap<String, Sender<Vec<u8>>>> = Mutex::new(HashMap::new());
-    let publishers = Mutex::new(
-        (0..threads)
-            .map(|_| ConfirmedPublisher::open(&mut publishing))
-            .collect::<Vec<_>>(),
-    );
-    let (stop, stop_rx) = crossbeam_channel::bounded::<()>(1);
-
-    let sample = std::thread::scope(|scope| {
+    let client = SharedClient {
+        reply_to,
+        routing_key: format!("{service}.echo"),
+        call_id: format!("bench.call.{}", new_id()),
+        pending: Mutex::new(HashMap::new()),
+        publishers: Mutex::new(
+            (0..callers)
+                .map(|_| ConfirmedPublisher::open(&mut publishing))
+                .collect(),
+        ),
+    };
+    let result = std::thread::scope(|scope| {
+        // Dropping `stop`, also while unwinding from a panic in `body`, stops the listener.
+        let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let (listening, listening_rx) = crossbeam_channel::bounded(1);
-        let (pending, reply_queue) = (&pending, &reply_queue);
+        let (pending, reply_queue) = (&client.pending, &reply_queue);
         // The listener owns the consuming channel (amiquip's Channel is not Sync), acks each
         // reply, wakes its caller, and deletes the reply queue when told to stop.
         scope.spawn(move || {
@@ -878,29 +931,13 @@ fn floor_shared(uri: &AmqpUri, service: &str, threads: usize, per_thread: usize)
         listening_rx
             .recv_timeout(TIMEOUT)
             .expect("the reply listener did not start");
-
-        let sample = measure_threads(
-            threads,
-            per_thread,
-            || publishers.lock().pop().expect("one publisher per thread"),
-            |publisher| {
-                let correlation_id = new_id();
-                let (tx, rx) = crossbeam_channel::bounded(1);
-                pending.lock().insert(correlation_id.clone(), tx);
-                let properties = request_properties(&reply_to, correlation_id, &call_id);
-                publisher.publish(&routing_key, properties, REQUEST_BODY, true);
-                match rx.recv_timeout(TIMEOUT) {
-                    Ok(body) => assert_eq!(body, REPLY_BODY),
-                    Err(RecvTimeoutError::Timeout) => panic!("no reply within {TIMEOUT:?}"),
-                    Err(RecvTimeoutError::Disconnected) => panic!("the reply listener is gone"),
-                }
-            },
-        );
-        let _ = stop.send(());
-        sample
+        let result = body(&client);
+        drop(stop);
+        result
     });
 
+    drop(client);
     let _ = consuming.close();
     let _ = publishing.close();
-    sample
+    result
 }

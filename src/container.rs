@@ -14,10 +14,10 @@ use crate::rpc::RpcEntrypoint;
 use crate::service::Service;
 use crate::transport::{
     ConsumeSpec, Control, Delivery, ExchangeSpec, Outgoing, Published, Publisher, SharedTransport,
-    Sink,
+    Sink, consume_with_reconnect,
 };
 use crate::{Config, Error, Result};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use std::fmt;
 use std::sync::Arc;
@@ -25,7 +25,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Builds the transport `config` names.
 pub(crate) fn transport_for(config: &Config) -> Result<SharedTransport> {
@@ -398,23 +397,11 @@ fn start_consumer(
     let thread = std::thread::Builder::new()
         .name(format!("enoki-{name}-consumer"))
         .spawn(move || {
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                match transport.consume(&spec, &mut sink, &control_rx) {
-                    Ok(()) => return,
-                    Err(e) => {
-                        if let Some(tx) = sink.ready.take() {
-                            let _ = tx.send(Err(e));
-                            return;
-                        }
-                        log::warn!("{name}: consumer lost its connection: {e}; reconnecting");
-                        match control_rx.recv_timeout(backoff) {
-                            Ok(_) | Err(RecvTimeoutError::Disconnected) => return,
-                            Err(RecvTimeoutError::Timeout) => {}
-                        }
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                    }
-                }
+            let outcome = consume_with_reconnect(&*transport, &spec, &mut sink, &control_rx, |e| {
+                log::warn!("{name}: consumer lost its connection: {e}; reconnecting");
+            });
+            if let (Err(e), Some(tx)) = (outcome, sink.ready.take()) {
+                let _ = tx.send(Err(e));
             }
         })?;
     match ready_rx.recv_timeout(READY_TIMEOUT) {

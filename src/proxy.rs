@@ -13,7 +13,7 @@ use crate::dependency::{ContainerInfo, Dependency};
 use crate::rpc::{JSON, PERSISTENT, UTF8, decode_reply};
 use crate::transport::{
     ConsumeSpec, Control, Delivery, ExchangeSpec, Headers, Outgoing, Properties, Published,
-    Publisher, QueueSpec, SharedTransport, Sink,
+    Publisher, QueueSpec, SharedTransport, Sink, consume_with_reconnect,
 };
 use crate::{Config, Error, ErrorKind, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -28,7 +28,6 @@ use std::time::Duration;
 /// Nameko's reply queue expiry (`RPC_REPLY_QUEUE_TTL`).
 const REPLY_QUEUE_TTL_MS: u32 = 300_000;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 type ReplySender = Sender<Result<Vec<u8>>>;
 
@@ -238,27 +237,14 @@ fn listen(
         client: client.clone(),
         ready: Some(ready),
     };
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match transport.consume(&spec, &mut sink, &control) {
-            Ok(()) => return,
-            Err(e) => {
-                if let Some(tx) = sink.ready.take() {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-                log::warn!("reply listener lost its connection: {e}; reconnecting");
-                match client.upgrade() {
-                    Some(c) => c.fail_pending(&e.to_string()),
-                    None => return,
-                }
-                match control.recv_timeout(backoff) {
-                    Ok(_) | Err(RecvTimeoutError::Disconnected) => return,
-                    Err(RecvTimeoutError::Timeout) => {}
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
+    let outcome = consume_with_reconnect(&*transport, &spec, &mut sink, &control, |e| {
+        log::warn!("reply listener lost its connection: {e}; reconnecting");
+        if let Some(c) = client.upgrade() {
+            c.fail_pending(&e.to_string());
         }
+    });
+    if let (Err(e), Some(tx)) = (outcome, sink.ready.take()) {
+        let _ = tx.send(Err(e));
     }
 }
 

@@ -273,3 +273,50 @@ pub trait Transport: Send + Sync + fmt::Debug {
 
 /// A shared transport.
 pub type SharedTransport = Arc<dyn Transport>;
+
+/// The longest pause between reconnection attempts.
+const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Consumes until `control` says stop or kill, reconnecting with capped exponential backoff after
+/// a lost connection (`lost` is told first). A failure before the sink was ever ready is
+/// returned instead: there is nothing to recover yet, and the caller reports it.
+pub(crate) fn consume_with_reconnect(
+    transport: &dyn Transport,
+    spec: &ConsumeSpec,
+    sink: &mut dyn Sink,
+    control: &Receiver<Control>,
+    mut lost: impl FnMut(&crate::Error),
+) -> Result<()> {
+    struct Tracking<'a> {
+        inner: &'a mut dyn Sink,
+        ready: bool,
+    }
+    impl Sink for Tracking<'_> {
+        fn ready(&mut self) {
+            self.ready = true;
+            self.inner.ready();
+        }
+        fn deliver(&mut self, delivery: Delivery) {
+            self.inner.deliver(delivery);
+        }
+    }
+    let mut tracking = Tracking {
+        inner: sink,
+        ready: false,
+    };
+    let mut backoff = std::time::Duration::from_millis(100);
+    loop {
+        match transport.consume(spec, &mut tracking, control) {
+            Ok(()) => return Ok(()),
+            Err(e) if !tracking.ready => return Err(e),
+            Err(e) => {
+                lost(&e);
+                match control.recv_timeout(backoff) {
+                    Ok(_) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Ok(()),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
