@@ -18,16 +18,24 @@
 //! raw minimum, one at a time), `pool` hands requests to 10 worker threads, each with its own
 //! publishing channel, which send the acks back to the consuming thread (enoki's shape). Floor
 //! clients: `direct` consumes the reply queue on the calling thread (serial only), `shared` has
-//! a listener thread waking callers by correlation id (enoki's shape, needed for 32 in flight).
+//! a listener thread waking callers by correlation id and a pool of publishing channels
+//! (enoki's shape, needed for 32 in flight). The serial floor is the raw minimum (inline server,
+//! direct client); the 32-in-flight floor is whichever server shape serves more calls per second.
+//! Two mixed rows (enoki client against the floor server, floor client against the enoki
+//! server) show whether enoki's overhead sits in its client or its service.
 //!
-//! The phases alternate floor, enoki, floor, enoki, ... (`ENOKI_BENCH_ROUNDS`, default 2) to
-//! spread the drift of a noisy machine over both; every reported number is the best of the
-//! rounds for that statistic (lowest percentile, highest throughput), for floor and enoki alike.
-//! A p50 of 20 ms or more means the 40 ms Nagle floor is back: the bench then fails.
+//! Each round runs the serial clients interleaved in blocks of 50 calls (floor, enoki, mixed,
+//! rotating), so the drift of a noisy machine falls on all of them alike, then 32 threads in
+//! flight against the floor, then against enoki. Rounds repeat (`ENOKI_BENCH_ROUNDS`, default
+//! 2), and every reported number is the best of the rounds for that statistic (lowest
+//! percentile, highest throughput), for floor and enoki alike.
+//!
+//! A serial p50 of 20 ms or more means the 40 ms Nagle floor is back: the bench then fails. (With
+//! 32 in flight the p50 is mostly queueing, 32 over the throughput, so it is not checked.)
 
 use amiquip::{
     AmqpProperties, AmqpValue, Auth, Channel, Confirm, Connection, ConnectionOptions,
-    ConnectionTuning, ConsumerMessage, ConsumerOptions, Delivery, ExchangeDeclareOptions,
+    ConnectionTuning, Consumer, ConsumerMessage, ConsumerOptions, Delivery, ExchangeDeclareOptions,
     ExchangeType, FieldTable, Publish, QueueDeclareOptions, QueueDeleteOptions, Return,
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, select};
@@ -63,6 +71,8 @@ const REQUEST_BODY: &[u8] = br#"{"args": ["hello"], "kwargs": {}}"#;
 const REPLY_BODY: &[u8] = br#"{"result": "hello", "error": null}"#;
 
 fn main() -> ExitCode {
+    // enoki's and amiquip's warnings and errors (ENOKI_LOG sets the level) go to stderr.
+    enoki::logger::init();
     let calls = env_usize("ENOKI_BENCH_CALLS", DEFAULT_CALLS);
     let rounds = env_usize("ENOKI_BENCH_ROUNDS", DEFAULT_ROUNDS);
     let per_thread = (calls / 4).max(1);
@@ -113,18 +123,21 @@ fn main() -> ExitCode {
         };
         let serial = with_direct_client(&uri, &inline.service, |direct| {
             with_shared_client(&uri, &pool.service, 1, |shared| {
-                measure_interleaved(
-                    calls,
-                    &mut [direct, &mut || shared.call(), &mut || {
-                        enoki_call(&cluster, &echo)
-                    }],
-                )
+                with_shared_client(&uri, &echo, 1, |to_enoki| {
+                    measure_interleaved(
+                        calls,
+                        &mut [
+                            direct,
+                            &mut || shared.call(),
+                            &mut || enoki_call(&cluster, &echo),
+                            &mut || enoki_call(&cluster, &pool.service),
+                            &mut || to_enoki.call(),
+                        ],
+                    )
+                })
             })
         });
-        for (name, sample) in [FLOOR_SERIAL_INLINE, FLOOR_SERIAL_POOL, ENOKI_SERIAL]
-            .into_iter()
-            .zip(serial)
-        {
+        for (name, sample) in SERIAL.into_iter().zip(serial) {
             record(name, sample);
         }
         eprintln!("round {round}/{rounds}: {IN_FLIGHT} in flight, floor");
@@ -159,14 +172,27 @@ const FLOOR_FLIGHT_INLINE: &str = "floor 32 in flight, inline server, shared cli
 const FLOOR_FLIGHT_POOL: &str = "floor 32 in flight, pool server, shared client";
 const ENOKI_SERIAL: &str = "enoki serial";
 const ENOKI_FLIGHT: &str = "enoki 32 in flight";
+const MIXED_ENOKI_CLIENT: &str = "mixed serial, enoki client, floor pool server";
+const MIXED_ENOKI_SERVER: &str = "mixed serial, floor shared client, enoki server";
+/// The serial clients, in the order `main` interleaves them.
+const SERIAL: [&str; 5] = [
+    FLOOR_SERIAL_INLINE,
+    FLOOR_SERIAL_POOL,
+    ENOKI_SERIAL,
+    MIXED_ENOKI_CLIENT,
+    MIXED_ENOKI_SERVER,
+];
 
 fn report(best: &HashMap<&str, Stats>) -> ExitCode {
     let row = |name: &str| &best[name];
     println!();
-    println!("every measurement, best of rounds (latency in µs):");
     println!(
-        "{:<50} {:>8} {:>8} {:>8} {:>10}",
-        "", "p50", "p90", "p99", "calls/s"
+        "every measurement, best of rounds (latency in µs; CPU: the whole bench process, \
+         clients and servers, per call)"
+    );
+    println!(
+        "{:<50} {:>8} {:>8} {:>8} {:>10} {:>11}",
+        "", "p50", "p90", "p99", "calls/s", "CPU µs/call"
     );
     for name in [
         FLOOR_SERIAL_INLINE,
@@ -175,10 +201,15 @@ fn report(best: &HashMap<&str, Stats>) -> ExitCode {
         FLOOR_FLIGHT_POOL,
         ENOKI_SERIAL,
         ENOKI_FLIGHT,
+        MIXED_ENOKI_CLIENT,
+        MIXED_ENOKI_SERVER,
     ] {
         let s = row(name);
+        let cpu = s
+            .cpu_per_call
+            .map_or_else(|| "n/a".to_owned(), |d| micros(d).to_string());
         println!(
-            "{name:<50} {:>8} {:>8} {:>8} {:>10.0}",
+            "{name:<50} {:>8} {:>8} {:>8} {:>10.0} {cpu:>11}",
             micros(s.p50),
             micros(s.p90),
             micros(s.p99),
@@ -186,7 +217,9 @@ fn report(best: &HashMap<&str, Stats>) -> ExitCode {
         );
     }
 
-    // The serial floor is the raw minimum; under load, whichever floor shape serves more.
+    // The serial floor is the raw minimum; under load, whichever floor shape serves more. The
+    // "same shape" row compares enoki with the floor built as enoki is (worker pool, shared
+    // reply queue), which isolates what enoki adds from what its architecture costs.
     let serial_floor = FLOOR_SERIAL_INLINE;
     let flight_floor = if row(FLOOR_FLIGHT_POOL).throughput >= row(FLOOR_FLIGHT_INLINE).throughput {
         FLOOR_FLIGHT_POOL
@@ -195,16 +228,18 @@ fn report(best: &HashMap<&str, Stats>) -> ExitCode {
     };
     println!();
     println!(
-        "{:<14} | {:>23} | {:>23} | {:>9}",
+        "{:<18} | {:>23} | {:>23} | {:>9}",
         "latency (µs)", "floor p50/p90/p99", "enoki p50/p90/p99", "ratio p50"
     );
-    for (workload, floor, enoki) in [
+    let workloads = [
         ("serial", serial_floor, ENOKI_SERIAL),
+        ("serial, same shape", FLOOR_SERIAL_POOL, ENOKI_SERIAL),
         ("32 in flight", flight_floor, ENOKI_FLIGHT),
-    ] {
+    ];
+    for (workload, floor, enoki) in workloads {
         let (f, e) = (row(floor), row(enoki));
         println!(
-            "{workload:<14} | {:>23} | {:>23} | {:>9.3}",
+            "{workload:<18} | {:>23} | {:>23} | {:>9.3}",
             format!("{}/{}/{}", micros(f.p50), micros(f.p90), micros(f.p99)),
             format!("{}/{}/{}", micros(e.p50), micros(e.p90), micros(e.p99)),
             e.p50.as_secs_f64() / f.p50.as_secs_f64()
@@ -212,16 +247,13 @@ fn report(best: &HashMap<&str, Stats>) -> ExitCode {
     }
     println!();
     println!(
-        "{:<14} | {:>13} | {:>13} | {:>9}",
+        "{:<18} | {:>13} | {:>13} | {:>9}",
         "throughput", "floor calls/s", "enoki calls/s", "ratio"
     );
-    for (workload, floor, enoki) in [
-        ("serial", serial_floor, ENOKI_SERIAL),
-        ("32 in flight", flight_floor, ENOKI_FLIGHT),
-    ] {
+    for (workload, floor, enoki) in workloads {
         let (f, e) = (row(floor), row(enoki));
         println!(
-            "{workload:<14} | {:>13.0} | {:>13.0} | {:>9.3}",
+            "{workload:<18} | {:>13.0} | {:>13.0} | {:>9.3}",
             f.throughput,
             e.throughput,
             e.throughput / f.throughput
@@ -229,11 +261,12 @@ fn report(best: &HashMap<&str, Stats>) -> ExitCode {
     }
     println!();
     println!("floor for serial: {serial_floor}");
+    println!("floor for serial, same shape: {FLOOR_SERIAL_POOL}");
     println!("floor for 32 in flight (the higher throughput): {flight_floor}");
 
     // Serial calls only: with 32 in flight the p50 is mostly queueing (Little's law: 32 calls
     // over the throughput), so it can pass 20 ms on a slow broker without any Nagle stall.
-    let slow: Vec<&str> = [FLOOR_SERIAL_INLINE, FLOOR_SERIAL_POOL, ENOKI_SERIAL]
+    let slow: Vec<&str> = SERIAL
         .into_iter()
         .filter(|name| row(name).p50 >= NAGLE_P50)
         .collect();
@@ -253,15 +286,19 @@ fn report(best: &HashMap<&str, Stats>) -> ExitCode {
 struct Sample {
     latencies: Vec<Duration>,
     wall: Duration,
+    /// CPU time of the whole bench process (clients, servers, amiquip's I/O threads) while
+    /// measuring; `None` where `/proc` is not available.
+    cpu: Option<Duration>,
 }
 
-/// Percentiles and throughput.
+/// Percentiles, throughput and CPU time per call.
 #[derive(Clone, Copy)]
 struct Stats {
     p50: Duration,
     p90: Duration,
     p99: Duration,
     throughput: f64,
+    cpu_per_call: Option<Duration>,
 }
 
 impl Stats {
@@ -273,6 +310,7 @@ impl Stats {
             p90: percentile(&sorted, 90.0),
             p99: percentile(&sorted, 99.0),
             throughput: sorted.len() as f64 / sample.wall.as_secs_f64(),
+            cpu_per_call: sample.cpu.map(|cpu| cpu / sorted.len() as u32),
         }
     }
 
@@ -286,6 +324,7 @@ impl Stats {
                 p90: a.p90.min(b.p90),
                 p99: a.p99.min(b.p99),
                 throughput: a.throughput.max(b.throughput),
+                cpu_per_call: a.cpu_per_call.zip(b.cpu_per_call).map(|(a, b)| a.min(b)),
             })
             .expect("at least one round")
     }
@@ -299,6 +338,25 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn micros(d: Duration) -> u128 {
     d.as_micros()
+}
+
+/// CPU time (user and system, all threads) this process has used so far, from `/proc`.
+///
+/// Linux counts it in clock ticks, sampled; USER_HZ is 100 on every mainstream architecture.
+fn cpu_time() -> Option<Duration> {
+    const TICKS_PER_SECOND: u64 = 100;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces: state is
+    // field 3 of the line, utime 14 and stime 15.
+    let mut fields = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis(
+        (utime + stime) * 1000 / TICKS_PER_SECOND,
+    ))
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -327,6 +385,7 @@ fn measure_interleaved(calls: usize, clients: &mut [&mut dyn FnMut()]) -> Vec<Sa
         .map(|_| Sample {
             latencies: Vec::with_capacity(calls),
             wall: Duration::ZERO,
+            cpu: cpu_time().map(|_| Duration::ZERO),
         })
         .collect();
     for block in 0..calls.div_ceil(BLOCK) {
@@ -334,6 +393,7 @@ fn measure_interleaved(calls: usize, clients: &mut [&mut dyn FnMut()]) -> Vec<Sa
         for i in 0..clients.len() {
             // Rotate who goes first, so that no client always follows the same one.
             let c = (block + i) % clients.len();
+            let cpu_start = cpu_time();
             let block_start = Instant::now();
             for _ in 0..n {
                 let started = Instant::now();
@@ -341,6 +401,11 @@ fn measure_interleaved(calls: usize, clients: &mut [&mut dyn FnMut()]) -> Vec<Sa
                 samples[c].latencies.push(started.elapsed());
             }
             samples[c].wall += block_start.elapsed();
+            if let (Some(total), Some(start), Some(end)) =
+                (&mut samples[c].cpu, cpu_start, cpu_time())
+            {
+                *total += end.saturating_sub(start);
+            }
         }
     }
     samples
@@ -369,15 +434,21 @@ fn measure_threads(threads: usize, per_thread: usize, call: impl Fn() + Sync) ->
                 })
             })
             .collect();
+        let cpu_start = cpu_time();
         start.wait();
         let t = Instant::now();
         let latencies: Vec<Duration> = handles
             .into_iter()
             .flat_map(|h| h.join().expect("a bench thread panicked"))
             .collect();
+        let wall = t.elapsed();
+        let cpu = cpu_start
+            .zip(cpu_time())
+            .map(|(start, end)| end.saturating_sub(start));
         Sample {
             latencies,
-            wall: t.elapsed(),
+            wall,
+            cpu,
         }
     })
 }
@@ -495,6 +566,23 @@ fn declare_bound_queue(channel: &Channel, queue: &str, key: &str, expires: bool)
     channel
         .queue_bind(queue, EXCHANGE, key, FieldTable::default())
         .expect("cannot bind a bench queue");
+}
+
+/// Cancels `consumer` and waits until amiquip has handed it its `ClientCancelled`.
+///
+/// amiquip's I/O thread unblocks `cancel()` before it sends `ClientCancelled` to the consumer;
+/// a consumer dropped in between makes that send fail, and the I/O thread then gives up the
+/// whole connection ("channel client dropped without being disconnected").
+fn cancel(consumer: Consumer<'_>) {
+    consumer.cancel().expect("cannot cancel a consumer");
+    loop {
+        match consumer.receiver().recv_timeout(TIMEOUT) {
+            Ok(ConsumerMessage::ClientCancelled) => return,
+            // Unacked, it goes back to the queue when the channel closes.
+            Ok(ConsumerMessage::Delivery(_)) => {}
+            other => panic!("cannot cancel a consumer: {other:?}"),
+        }
+    }
 }
 
 fn consumer_options() -> ConsumerOptions {
@@ -747,8 +835,7 @@ fn serve(uri: &AmqpUri, service: &str, workers: usize, ready: &Sender<()>, stop:
     for worker in pool {
         worker.join().expect("a floor worker panicked");
     }
-    consumer.cancel().expect("cannot cancel the floor consumer");
-    drop(consumer);
+    cancel(consumer);
     channel
         .queue_delete(queue.as_str(), QueueDeleteOptions::default())
         .expect("cannot delete the floor queue");
@@ -822,8 +909,7 @@ fn with_direct_client<R>(
     });
 
     drop(publisher);
-    consumer.cancel().expect("cannot cancel the reply consumer");
-    drop(consumer);
+    cancel(consumer);
     channel
         .queue_delete(reply_queue.as_str(), QueueDeleteOptions::default())
         .expect("cannot delete the reply queue");
@@ -921,8 +1007,7 @@ fn with_shared_client<R>(
                     recv(stop_rx) -> _ => break,
                 }
             }
-            consumer.cancel().expect("cannot cancel the reply consumer");
-            drop(consumer);
+            cancel(consumer);
             channel
                 .queue_delete(reply_queue.as_str(), QueueDeleteOptions::default())
                 .expect("cannot delete the reply queue");
