@@ -279,7 +279,10 @@ fn consume_on(
     let control_index = select.recv(control);
 
     loop {
-        if stopping && outstanding.is_empty() {
+        // Return only once every consumer has seen its ClientCancelled: amiquip sends it after
+        // cancel() returns, and a receiver dropped before then makes its I/O thread close the
+        // whole connection, which other consumers share.
+        if stopping && outstanding.is_empty() && !live.contains(&true) {
             return Ok(());
         }
         let op = select.select();
@@ -303,7 +306,15 @@ fn consume_on(
                     }
                 }
                 // A dropped control sender means the owner is gone: same as kill.
-                Ok(Control::Kill) | Err(_) => return Ok(()),
+                Ok(Control::Kill) | Err(_) => {
+                    for (consumer, live) in consumers.iter().zip(&live) {
+                        if *live {
+                            consumer.cancel()?;
+                            await_cancelled(consumer.receiver());
+                        }
+                    }
+                    return Ok(());
+                }
             }
         } else {
             let received = op.recv(consumers[index].receiver());
@@ -351,6 +362,19 @@ fn consume_on(
                     return Err(amiquip::Error::ClientClosedConnection);
                 }
             }
+        }
+    }
+}
+
+/// Waits (briefly) for a cancelled consumer's `ClientCancelled`, dropping deliveries that
+/// arrive first: unacked, they go back to the queue when the channel closes.
+fn await_cancelled(receiver: &Receiver<ConsumerMessage>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match receiver.recv_timeout(left) {
+            Ok(ConsumerMessage::Delivery(_)) => continue,
+            Ok(_) | Err(_) => return,
         }
     }
 }
