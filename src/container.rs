@@ -181,9 +181,8 @@ impl Container {
 
     /// Runs on `transport` instead of one built from the configuration (the [`Runner`] shares
     /// one between its containers).
-    pub(crate) fn with_transport(mut self, transport: SharedTransport) -> Container {
+    pub(crate) fn set_transport(&mut self, transport: SharedTransport) {
         self.transport = Some(transport);
-        self
     }
 
     /// The service's name.
@@ -461,14 +460,8 @@ impl Runner {
     pub fn start(&mut self) -> Result<()> {
         let transport = transport_for(&self.config)?;
         for i in 0..self.containers.len() {
-            let container = std::mem::replace(
-                &mut self.containers[i],
-                Container::new(Service::new("placeholder"), self.config.clone()),
-            );
-            let mut container = container.with_transport(transport.clone());
-            let started = container.start();
-            self.containers[i] = container;
-            if let Err(e) = started {
+            self.containers[i].set_transport(transport.clone());
+            if let Err(e) = self.containers[i].start() {
                 self.stop();
                 return Err(e);
             }
