@@ -9,7 +9,8 @@
 use crate::config::AmqpUri;
 use crate::transport::{
     Acker, ConsumeSpec, Control, Delivery, ExchangeKind, ExchangeSpec, Headers, Message, Outcome,
-    Outgoing, Properties, Published, Publisher, QueueSpec, Settle, Sink, Transport,
+    Outgoing, Properties, Published, Publisher, QueueSpec, ReplySource, Settle, Sink, Transport,
+    Wait,
 };
 use crate::{Error, Result};
 use amiquip::{
@@ -23,7 +24,9 @@ use serde_json::{Number, Value};
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,7 +35,7 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct AmqpTransport {
     uri: AmqpUri,
     heartbeat: u16,
-    consuming: Mutex<Slot>,
+    consuming: Arc<Mutex<Slot>>,
     publishing: Mutex<Slot>,
 }
 
@@ -60,7 +63,7 @@ impl AmqpTransport {
         AmqpTransport {
             uri,
             heartbeat,
-            consuming: Mutex::new(Slot::default()),
+            consuming: Arc::new(Mutex::new(Slot::default())),
             publishing: Mutex::new(Slot::default()),
         }
     }
@@ -94,10 +97,15 @@ impl AmqpTransport {
         if matches!(err, amiquip::Error::ServerClosedChannel { .. }) {
             return;
         }
-        let mut slot = slot.lock();
-        if slot.generation == generation {
-            slot.connection = None;
-        }
+        forget(slot, generation);
+    }
+}
+
+/// Drops the connection of `generation` so the next caller reconnects.
+fn forget(slot: &Mutex<Slot>, generation: u64) {
+    let mut slot = slot.lock();
+    if slot.generation == generation {
+        slot.connection = None;
     }
 }
 
@@ -186,6 +194,139 @@ impl Transport for AmqpTransport {
                 Err(broker_error("consuming", &e))
             }
         }
+    }
+
+    fn reply_source(&self, queue: &QueueSpec) -> Result<Arc<dyn ReplySource>> {
+        let (channel, generation) = self.channel(&self.consuming, self.heartbeat)?;
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let queue = queue.clone();
+        let slot = self.consuming.clone();
+        // amiquip's Consumer borrows its Channel, so a thread keeps both alive while callers
+        // read a clone of the consumer's receiver.
+        let thread = std::thread::Builder::new()
+            .name("enoki-reply-queue".into())
+            .spawn(move || {
+                let consumer = declare_queue(&channel, &queue).and_then(|()| {
+                    channel.basic_consume(
+                        queue.name.clone(),
+                        ConsumerOptions {
+                            no_local: false,
+                            no_ack: true,
+                            exclusive: false,
+                            arguments: FieldTable::default(),
+                        },
+                    )
+                });
+                match consumer {
+                    Ok(consumer) => {
+                        let _ = ready_tx.send(Ok(consumer.receiver().clone()));
+                        // Until the source is dropped (the sender goes with it).
+                        let _ = stop_rx.recv();
+                        if consumer.cancel().is_ok() {
+                            await_cancelled(consumer.receiver());
+                        }
+                        // The channel closes when this thread ends and drops it.
+                    }
+                    Err(e) => {
+                        AmqpTransport::reset(&slot, generation, &e);
+                        let _ = ready_tx.send(Err(broker_error("consuming the reply queue", &e)));
+                    }
+                }
+            })?;
+        match ready_rx.recv() {
+            Ok(Ok(rx)) => Ok(Arc::new(AmqpReplySource {
+                rx,
+                _keeper: Keeper {
+                    stop: Some(stop_tx),
+                    thread: Some(thread),
+                },
+                slot: self.consuming.clone(),
+                generation,
+            })),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => Err(Error::broker("the reply queue consumer died while starting")),
+        }
+    }
+}
+
+/// A reply queue consumer whose deliveries the waiting callers read themselves.
+struct AmqpReplySource {
+    rx: Receiver<ConsumerMessage>,
+    _keeper: Keeper,
+    slot: Arc<Mutex<Slot>>,
+    generation: u64,
+}
+
+impl fmt::Debug for AmqpReplySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpReplySource")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The thread that owns the reply queue's channel and consumer; told to stop by a dropped
+/// sender.
+struct Keeper {
+    stop: Option<crossbeam_channel::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take()
+            && thread.thread().id() != std::thread::current().id()
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl ReplySource for AmqpReplySource {
+    fn wait(&self, own: &Receiver<Result<Vec<u8>>>, deadline: Option<Instant>) -> Wait {
+        let mut select = Select::new();
+        let own_index = select.recv(own);
+        select.recv(&self.rx);
+        let op = match deadline {
+            Some(deadline) => match select.select_deadline(deadline) {
+                Ok(op) => op,
+                Err(_) => return Wait::Timeout,
+            },
+            None => select.select(),
+        };
+        if op.index() == own_index {
+            return match op.recv(own) {
+                Ok(reply) => Wait::Own(reply),
+                Err(_) => Wait::Own(Err(Error::new(crate::ErrorKind::Stopped))),
+            };
+        }
+        let lost = match op.recv(&self.rx) {
+            Ok(ConsumerMessage::Delivery(mut delivery)) => {
+                return Wait::Message(Message {
+                    exchange: std::mem::take(&mut delivery.exchange),
+                    routing_key: std::mem::take(&mut delivery.routing_key),
+                    properties: properties_from_amqp(std::mem::take(&mut delivery.properties)),
+                    body: std::mem::take(&mut delivery.body),
+                    redelivered: delivery.redelivered,
+                });
+            }
+            Ok(ConsumerMessage::ServerClosedChannel(e)) => broker_error("reply queue channel closed", &e),
+            Ok(ConsumerMessage::ServerClosedConnection(e)) => {
+                forget(&self.slot, self.generation);
+                broker_error("reply queue connection closed", &e)
+            }
+            Ok(other) => Error::broker(format!("the reply queue consumer ended: {other:?}")),
+            Err(_) => {
+                forget(&self.slot, self.generation);
+                Error::broker("the reply queue connection is gone")
+            }
+        };
+        Wait::Lost(lost)
     }
 }
 

@@ -2,8 +2,8 @@
 //!
 //! Both sit on one client core: a reply queue named and flagged as Nameko's
 //! (`rpc.reply-<caller>-<uuid>`, durable, not exclusive, `x-expires` five minutes) bound to the
-//! RPC exchange by a bare UUID, which goes out as `reply_to`. A listener thread consumes it and
-//! hands each reply to the waiting caller by `correlation_id`. Requests are published mandatory
+//! RPC exchange by a bare UUID, which goes out as `reply_to`. The threads waiting for replies
+//! read it themselves and match replies by `correlation_id`. Requests are published mandatory
 //! on a confirming channel, so a request no queue is bound for comes back as
 //! [`ErrorKind::UnknownService`](crate::ErrorKind::UnknownService) instead of hanging.
 
@@ -12,92 +12,75 @@ use crate::context::{Outgoing as Context, WorkerContext};
 use crate::dependency::{ContainerInfo, Dependency};
 use crate::rpc::{JSON, PERSISTENT, UTF8, decode_reply};
 use crate::transport::{
-    ConsumeSpec, Control, Delivery, ExchangeSpec, Headers, Outgoing, Properties, Published,
-    Publisher, QueueSpec, SharedTransport, Sink, consume_with_reconnect,
+    ExchangeSpec, Headers, Outgoing, Properties, Published, Publisher, QueueSpec, ReplySource,
+    SharedTransport, Wait,
 };
 use crate::{Config, Error, ErrorKind, Result};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Nameko's reply queue expiry (`RPC_REPLY_QUEUE_TTL`).
 const REPLY_QUEUE_TTL_MS: u32 = 300_000;
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 type ReplySender = Sender<Result<Vec<u8>>>;
 
-/// The shared core of every RPC caller: one reply queue, its listener, and a pool of
-/// publishing channels.
+/// The shared core of every RPC caller: one reply queue and a pool of publishing channels.
+///
+/// There is no listener thread between the reply queue and the callers: every thread waiting
+/// for a reply reads the queue itself, together with its own channel, and hands replies that
+/// belong to others on by correlation id. A lone caller is woken by the broker connection's
+/// I/O thread directly, as a hand-written client would be.
 pub(crate) struct RpcClient {
     transport: SharedTransport,
     exchange: ExchangeSpec,
     reply_to: String,
-    reply_queue: String,
+    queue: QueueSpec,
     pending: Mutex<HashMap<String, ReplySender>>,
     publishers: Mutex<Vec<Box<dyn Publisher>>>,
-    control: Sender<Control>,
-    listener: Mutex<Option<JoinHandle<()>>>,
+    source: Mutex<Option<Arc<dyn ReplySource>>>,
 }
 
 impl fmt::Debug for RpcClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RpcClient")
-            .field("reply_queue", &self.reply_queue)
+            .field("reply_queue", &self.queue.name)
             .finish_non_exhaustive()
     }
 }
 
 impl RpcClient {
-    /// Declares the reply queue, starts its listener and waits until it consumes.
+    /// Declares the reply queue and starts consuming it, so replies have somewhere to go
+    /// before the first request is sent.
     pub(crate) fn start(
         transport: SharedTransport,
         exchange: &str,
         caller: &str,
     ) -> Result<Arc<RpcClient>> {
         let reply_to = crate::id::uuid4_string();
-        let reply_queue = format!("rpc.reply-{caller}-{reply_to}");
         let exchange = ExchangeSpec::topic(exchange);
-        let (control, control_rx) = crossbeam_channel::unbounded();
-        let client = Arc::new(RpcClient {
+        let mut queue = QueueSpec::durable(format!("rpc.reply-{caller}-{reply_to}"))
+            .bind(exchange.clone(), reply_to.clone());
+        queue.expires_ms = Some(REPLY_QUEUE_TTL_MS);
+        let source = transport.reply_source(&queue)?;
+        Ok(Arc::new(RpcClient {
             transport,
-            exchange: exchange.clone(),
-            reply_to: reply_to.clone(),
-            reply_queue: reply_queue.clone(),
+            exchange,
+            reply_to,
+            queue,
             pending: Mutex::new(HashMap::new()),
             publishers: Mutex::new(Vec::new()),
-            control,
-            listener: Mutex::new(None),
-        });
-        let mut queue = QueueSpec::durable(reply_queue).bind(exchange, reply_to);
-        queue.expires_ms = Some(REPLY_QUEUE_TTL_MS);
-        let spec = ConsumeSpec {
-            queues: vec![queue],
-            prefetch: 0,
-        };
-        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
-        // The listener holds only a weak reference, so dropping the last user stops it.
-        let weak = Arc::downgrade(&client);
-        let transport = client.transport.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("enoki-replies-{caller}"))
-            .spawn(move || listen(transport, spec, weak, ready_tx, control_rx))?;
-        *client.listener.lock() = Some(thread);
-        match ready_rx.recv_timeout(READY_TIMEOUT) {
-            Ok(Ok(())) => Ok(client),
-            Ok(Err(e)) => {
-                client.stop();
-                Err(e)
-            }
-            Err(_) => {
-                client.stop();
-                Err(Error::broker("the reply listener did not start"))
-            }
-        }
+            source: Mutex::new(Some(source)),
+        }))
+    }
+
+    /// The name of the reply queue.
+    pub(crate) fn reply_queue(&self) -> &str {
+        &self.queue.name
     }
 
     /// Publishes a request and returns the handle its reply will arrive on.
@@ -119,7 +102,8 @@ impl RpcClient {
             priority: Some(0),
             headers: context.headers(),
         };
-        let (tx, rx) = crossbeam_channel::bounded(1);
+        // Two slots: a forwarded reply and a failure may both arrive before anyone reads.
+        let (tx, rx) = crossbeam_channel::bounded(2);
         self.pending.lock().insert(correlation_id.clone(), tx);
         let routing_key = format!("{service}.{method}");
         let published = self.with_publisher(|publisher| {
@@ -166,85 +150,59 @@ impl RpcClient {
         result
     }
 
-    fn deliver_reply(&self, correlation_id: Option<&str>, body: Vec<u8>) {
+    /// The reply queue consumer, re-established after a loss.
+    fn source(&self) -> Result<Arc<dyn ReplySource>> {
+        let mut slot = self.source.lock();
+        if let Some(source) = &*slot {
+            return Ok(source.clone());
+        }
+        let source = self.transport.reply_source(&self.queue)?;
+        *slot = Some(source.clone());
+        Ok(source)
+    }
+
+    /// The consumer `source` lost its connection: every call waiting is failed (its reply may
+    /// still come after a reconnect, and is then dropped as unknown), and the next waiter
+    /// reconnects.
+    fn lost(&self, source: &Arc<dyn ReplySource>, error: &Error) {
+        let dead = {
+            let mut slot = self.source.lock();
+            match &*slot {
+                Some(current) if Arc::ptr_eq(current, source) => slot.take(),
+                _ => None,
+            }
+        };
+        if dead.is_some() {
+            log::warn!("reply queue {} lost: {error}", self.queue.name);
+        }
+        drop(dead);
+        let waiting: Vec<ReplySender> = self.pending.lock().drain().map(|(_, tx)| tx).collect();
+        for tx in waiting {
+            let _ = tx.try_send(Err(Error::broker(format!(
+                "connection lost while waiting for a reply: {error}"
+            ))));
+        }
+    }
+
+    /// Hands a reply read by some waiter to the caller it belongs to.
+    fn forward(&self, correlation_id: Option<&str>, body: Vec<u8>) {
         let waiter = correlation_id.and_then(|id| self.pending.lock().remove(id));
         match waiter {
             Some(tx) => {
-                let _ = tx.send(Ok(body));
+                let _ = tx.try_send(Ok(body));
             }
             None => log::debug!("dropping a reply with unknown correlation id {correlation_id:?}"),
         }
     }
 
-    fn fail_pending(&self, why: &str) {
-        let waiting: Vec<ReplySender> = self.pending.lock().drain().map(|(_, tx)| tx).collect();
-        for tx in waiting {
-            let _ = tx.send(Err(Error::broker(format!(
-                "connection lost while waiting for a reply: {why}"
-            ))));
-        }
-    }
-
-    /// Stops the listener; calls still waiting get an error.
+    /// Stops consuming replies; calls still waiting get [`ErrorKind::Stopped`].
     pub(crate) fn stop(&self) {
-        let _ = self.control.send(Control::Stop);
-        let thread = self.listener.lock().take();
-        if let Some(thread) = thread
-            && thread.thread().id() != std::thread::current().id()
-        {
-            let _ = thread.join();
-        }
+        let source = self.source.lock().take();
+        drop(source);
         for tx in self.pending.lock().drain().map(|(_, tx)| tx) {
-            let _ = tx.send(Err(Error::new(ErrorKind::Stopped)));
+            let _ = tx.try_send(Err(Error::new(ErrorKind::Stopped)));
         }
         self.publishers.lock().clear();
-    }
-}
-
-impl Drop for RpcClient {
-    fn drop(&mut self) {
-        let _ = self.control.send(Control::Kill);
-    }
-}
-
-/// The listener thread: consume replies, reconnecting with capped backoff after failures.
-fn listen(
-    transport: SharedTransport,
-    spec: ConsumeSpec,
-    client: std::sync::Weak<RpcClient>,
-    ready: Sender<Result<()>>,
-    control: Receiver<Control>,
-) {
-    struct Replies {
-        client: std::sync::Weak<RpcClient>,
-        ready: Option<Sender<Result<()>>>,
-    }
-    impl Sink for Replies {
-        fn ready(&mut self) {
-            if let Some(tx) = self.ready.take() {
-                let _ = tx.send(Ok(()));
-            }
-        }
-        fn deliver(&mut self, delivery: Delivery) {
-            let Delivery { message, acker, .. } = delivery;
-            acker.ack();
-            if let Some(client) = self.client.upgrade() {
-                client.deliver_reply(message.properties.correlation_id.as_deref(), message.body);
-            }
-        }
-    }
-    let mut sink = Replies {
-        client: client.clone(),
-        ready: Some(ready),
-    };
-    let outcome = consume_with_reconnect(&*transport, &spec, &mut sink, &control, |e| {
-        log::warn!("reply listener lost its connection: {e}; reconnecting");
-        if let Some(c) = client.upgrade() {
-            c.fail_pending(&e.to_string());
-        }
-    });
-    if let (Err(e), Some(tx)) = (outcome, sink.ready.take()) {
-        let _ = tx.send(Err(e));
     }
 }
 
@@ -267,22 +225,45 @@ impl fmt::Debug for Pending {
 impl Pending {
     /// Blocks until the reply arrives.
     pub fn wait<R: DeserializeOwned>(self) -> Result<R> {
-        let reply = self.rx.recv().map_err(|_| Error::new(ErrorKind::Stopped))?;
-        parse_reply(reply)
+        parse_reply(self.receive(None))
     }
 
     /// Blocks until the reply arrives or `timeout` passes ([`ErrorKind::Timeout`]).
     pub fn wait_timeout<R: DeserializeOwned>(self, timeout: Duration) -> Result<R> {
-        match self.rx.recv_timeout(timeout) {
-            Ok(reply) => parse_reply(reply),
-            Err(RecvTimeoutError::Timeout) => Err(Error::new(ErrorKind::Timeout(timeout))),
-            Err(RecvTimeoutError::Disconnected) => Err(Error::new(ErrorKind::Stopped)),
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => match self.receive(Some(deadline)) {
+                Err(e) if e.is_timeout() => Err(Error::new(ErrorKind::Timeout(timeout))),
+                other => parse_reply(other),
+            },
+            None => self.wait(),
         }
     }
 
     /// The request's correlation id.
     pub fn correlation_id(&self) -> &str {
         &self.correlation_id
+    }
+
+    fn receive(&self, deadline: Option<Instant>) -> Result<Vec<u8>> {
+        loop {
+            if let Ok(reply) = self.rx.try_recv() {
+                return reply;
+            }
+            let source = self.client.source()?;
+            match source.wait(&self.rx, deadline) {
+                Wait::Own(reply) => return reply,
+                Wait::Message(message) => {
+                    let id = message.properties.correlation_id.as_deref();
+                    if id == Some(self.correlation_id.as_str()) {
+                        self.client.pending.lock().remove(&self.correlation_id);
+                        return Ok(message.body);
+                    }
+                    self.client.forward(id, message.body);
+                }
+                Wait::Lost(error) => self.client.lost(&source, &error),
+                Wait::Timeout => return Err(Error::new(ErrorKind::Timeout(Duration::ZERO))),
+            }
+        }
     }
 }
 
@@ -542,7 +523,7 @@ impl ClusterRpcProxy {
 
     /// The name of this client's reply queue.
     pub fn reply_queue(&self) -> &str {
-        &self.client.reply_queue
+        self.client.reply_queue()
     }
 
     /// Stops listening for replies; calls still waiting get [`ErrorKind::Stopped`]. Dropping

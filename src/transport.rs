@@ -269,6 +269,32 @@ pub trait Transport: Send + Sync + fmt::Debug {
         sink: &mut dyn Sink,
         control: &Receiver<Control>,
     ) -> Result<()>;
+
+    /// Declares `queue` and consumes it with automatic acks, for direct reading by the threads
+    /// waiting for replies. The consumer lives until the returned source is dropped.
+    fn reply_source(&self, queue: &QueueSpec) -> Result<Arc<dyn ReplySource>>;
+}
+
+/// What a thread waiting for a reply woke up to.
+#[derive(Debug)]
+pub enum Wait {
+    /// Its own channel delivered: a reply forwarded by another waiter, or a failure.
+    Own(Result<Vec<u8>>),
+    /// A message arrived on the reply queue; it may belong to another caller.
+    Message(Message),
+    /// The reply queue's connection is gone.
+    Lost(crate::Error),
+    /// The deadline passed.
+    Timeout,
+}
+
+/// A reply queue read directly by the threads waiting on it, so a reply wakes its caller
+/// without passing through a listener thread: every waiting caller reads the queue and its own
+/// channel at once, and hands on replies that belong to others.
+pub trait ReplySource: Send + Sync + fmt::Debug {
+    /// Waits for whichever comes first: a message on `own`, a message on the reply queue, the
+    /// loss of the connection, or `deadline`.
+    fn wait(&self, own: &Receiver<Result<Vec<u8>>>, deadline: Option<std::time::Instant>) -> Wait;
 }
 
 /// A shared transport.
