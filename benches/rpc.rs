@@ -11,7 +11,8 @@
 //! publishing connections, a durable service queue bound to `nameko-rpc` consumed with prefetch
 //! 10, requests published persistent and mandatory and replies persistent, both waiting for
 //! their publisher confirm, requests acked only after the reply is confirmed, and a durable
-//! reply queue (`x-expires` five minutes) bound by a UUID. The floor does no JSON work and no
+//! reply queue (`x-expires` five minutes) bound by a UUID and consumed with automatic acks, as
+//! enoki consumes it. The floor does no JSON work and no
 //! dependency hooks; its requests carry the same `call_id_stack` header a Nameko client sends.
 //!
 //! Floor servers come in two shapes: `inline` handles each request on the consuming thread (the
@@ -594,6 +595,15 @@ fn consumer_options() -> ConsumerOptions {
     }
 }
 
+/// Reply queues are consumed with automatic acks, as enoki's client consumes them: an ack
+/// protects nothing there (a caller that dies loses its reply either way).
+fn reply_consumer_options() -> ConsumerOptions {
+    ConsumerOptions {
+        no_ack: true,
+        ..consumer_options()
+    }
+}
+
 /// Deletes its queues when dropped, also while unwinding from a panic.
 struct Cleanup {
     uri: AmqpUri,
@@ -883,7 +893,7 @@ fn with_direct_client<R>(
     let channel = open_channel(&mut consuming);
     declare_bound_queue(&channel, &reply_queue, &reply_to, true);
     let consumer = channel
-        .basic_consume(reply_queue.as_str(), consumer_options())
+        .basic_consume(reply_queue.as_str(), reply_consumer_options())
         .expect("cannot consume the reply queue");
     let mut publisher = ConfirmedPublisher::open(&mut publishing);
     let replies = consumer.receiver();
@@ -898,7 +908,6 @@ fn with_direct_client<R>(
                     let mine = delivery.properties.correlation_id().as_deref()
                         == Some(correlation_id.as_str());
                     assert_eq!(delivery.body, REPLY_BODY);
-                    delivery.ack(&channel).expect("ack failed");
                     if mine {
                         break;
                     }
@@ -980,11 +989,11 @@ fn with_shared_client<R>(
         let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let (listening, listening_rx) = crossbeam_channel::bounded(1);
         let (pending, reply_queue) = (&client.pending, &reply_queue);
-        // The listener owns the consuming channel (amiquip's Channel is not Sync), acks each
-        // reply, wakes its caller, and deletes the reply queue when told to stop.
+        // The listener owns the consuming channel (amiquip's Channel is not Sync), wakes each
+        // reply's caller, and deletes the reply queue when told to stop.
         scope.spawn(move || {
             let consumer = channel
-                .basic_consume(reply_queue.as_str(), consumer_options())
+                .basic_consume(reply_queue.as_str(), reply_consumer_options())
                 .expect("cannot consume the reply queue");
             let _ = listening.send(());
             loop {
@@ -997,7 +1006,6 @@ fn with_shared_client<R>(
                                 .correlation_id()
                                 .as_ref()
                                 .and_then(|id| pending.lock().remove(id));
-                            delivery.ack(&channel).expect("ack failed");
                             if let Some(waiter) = waiter {
                                 let _ = waiter.send(body);
                             }
