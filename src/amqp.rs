@@ -8,9 +8,9 @@
 
 use crate::config::AmqpUri;
 use crate::transport::{
-    Acker, ConsumeSpec, Control, Delivery, ExchangeKind, ExchangeSpec, Headers, Message, Outcome,
-    Outgoing, Properties, Published, Publisher, QueueSpec, ReplySource, Settle, Sink, Transport,
-    Wait,
+    Acker, ConsumeSpec, Control, Delivery, DeliverySource, ExchangeKind, ExchangeSpec, Headers,
+    Message, Outcome, Outgoing, Properties, Published, Publisher, QueueSpec, Received,
+    ReplySource, Sink, Transport, Wait,
 };
 use crate::{Error, Result};
 use amiquip::{
@@ -18,10 +18,9 @@ use amiquip::{
     ConnectionTuning, ConsumerMessage, ConsumerOptions, ExchangeDeclareOptions, ExchangeType,
     FieldTable, Publish, QueueDeclareOptions, Return,
 };
-use crossbeam_channel::{Receiver, RecvTimeoutError, Select};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select, SelectedOperation};
 use parking_lot::Mutex;
 use serde_json::{Number, Value};
-use std::collections::HashMap;
 use std::fmt;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
@@ -382,7 +381,12 @@ fn declare_queue(channel: &Channel, queue: &QueueSpec) -> amiquip::Result<()> {
     Ok(())
 }
 
-/// The consume loop: deliveries out to the sink, settles back in, orders from `control`.
+/// A delivery handed to a worker, with the outcome it asks for: acks must go through the
+/// channel that received it, which only the consumer thread may touch.
+type Settlement = (amiquip::Delivery, Outcome);
+
+/// The consume loop: declare and consume, hand the receivers to the workers, then settle what
+/// they send back and follow `control`.
 fn consume_on(
     channel: &Channel,
     spec: &ConsumeSpec,
@@ -404,104 +408,126 @@ fn consume_on(
             },
         )?);
     }
-    sink.ready();
+    let (settle_tx, settle_rx) = crossbeam_channel::unbounded::<Settlement>();
+    let (lost_tx, lost_rx) = crossbeam_channel::bounded::<amiquip::Error>(1);
+    // The source holds clones of the consumers' receivers for as long as any worker reads it,
+    // so amiquip's ClientCancelled, sent after cancel() returns, always finds a receiver: a
+    // receiver dropped before then makes amiquip close the whole (shared) connection.
+    sink.ready(Arc::new(AmqpDeliverySource {
+        receivers: consumers.iter().map(|c| c.receiver().clone()).collect(),
+        settle: settle_tx,
+        lost: lost_tx,
+    }));
 
-    let (settle_tx, settle_rx) = crossbeam_channel::unbounded::<Settle>();
-    // Deliveries handed out and not yet settled, by tag; acks need the original `Delivery`.
-    let mut outstanding: HashMap<u64, amiquip::Delivery> = HashMap::new();
-    let mut live = vec![true; consumers.len()];
     let mut stopping = false;
-
-    let mut select = Select::new();
-    for consumer in &consumers {
-        select.recv(consumer.receiver());
-    }
-    let settle_index = select.recv(&settle_rx);
-    let control_index = select.recv(control);
-
+    let settle = |(delivery, outcome): Settlement| match outcome {
+        Outcome::Ack => delivery.ack(channel),
+        Outcome::Reject { requeue } => delivery.reject(channel, requeue),
+    };
     loop {
-        // Return only once every consumer has seen its ClientCancelled: amiquip sends it after
-        // cancel() returns, and a receiver dropped before then makes its I/O thread close the
-        // whole connection, which other consumers share.
-        if stopping && outstanding.is_empty() && !live.contains(&true) {
-            return Ok(());
-        }
-        let op = select.select();
-        let index = op.index();
-        if index == settle_index {
-            let Ok(settle) = op.recv(&settle_rx) else {
-                continue;
-            };
-            if let Some(delivery) = outstanding.remove(&settle.tag) {
-                match settle.outcome {
-                    Outcome::Ack => delivery.ack(channel)?,
-                    Outcome::Reject { requeue } => delivery.reject(channel, requeue)?,
+        crossbeam_channel::select! {
+            recv(settle_rx) -> settlement => {
+                if let Ok(settlement) = settlement {
+                    settle(settlement)?;
                 }
             }
-        } else if index == control_index {
-            match op.recv(control) {
+            recv(lost_rx) -> lost => {
+                // While stopping, ended receivers are the cancellation, not a lost connection.
+                if let (Ok(error), false) = (lost, stopping) {
+                    return Err(error);
+                }
+            }
+            recv(control) -> order => match order {
                 Ok(Control::Stop) => {
-                    stopping = true;
-                    for consumer in &consumers {
-                        consumer.cancel()?;
+                    if !stopping {
+                        stopping = true;
+                        for consumer in &consumers {
+                            consumer.cancel()?;
+                        }
                     }
+                }
+                Ok(Control::Finish) => {
+                    while let Ok(settlement) = settle_rx.try_recv() {
+                        settle(settlement)?;
+                    }
+                    return Ok(());
                 }
                 // A dropped control sender means the owner is gone: same as kill.
                 Ok(Control::Kill) | Err(_) => {
-                    for (consumer, live) in consumers.iter().zip(&live) {
-                        if *live {
-                            consumer.cancel()?;
-                            await_cancelled(consumer.receiver());
-                        }
+                    for consumer in &consumers {
+                        let _ = consumer.cancel();
                     }
                     return Ok(());
                 }
             }
-        } else {
-            let received = op.recv(consumers[index].receiver());
-            match received {
-                Ok(ConsumerMessage::Delivery(mut delivery)) => {
-                    if stopping {
-                        delivery.reject(channel, true)?;
-                        continue;
-                    }
-                    let message = Message {
-                        exchange: std::mem::take(&mut delivery.exchange),
-                        routing_key: std::mem::take(&mut delivery.routing_key),
-                        properties: properties_from_amqp(std::mem::take(&mut delivery.properties)),
-                        body: std::mem::take(&mut delivery.body),
-                        redelivered: delivery.redelivered,
-                    };
-                    let tag = delivery.delivery_tag();
-                    outstanding.insert(tag, delivery);
-                    sink.deliver(Delivery {
-                        queue: index,
-                        message,
-                        acker: Acker::new(settle_tx.clone(), tag),
-                    });
-                }
-                Ok(ConsumerMessage::ClientCancelled) | Err(_) => {
-                    if live[index] {
-                        live[index] = false;
-                        select.remove(index);
-                    }
-                }
-                Ok(ConsumerMessage::ServerCancelled) => {
-                    return Err(amiquip::Error::ServerClosedChannel {
-                        channel_id: channel.channel_id(),
-                        code: 0,
-                        message: format!(
-                            "the broker cancelled the consumer of {}",
-                            spec.queues[index].name
-                        ),
-                    });
-                }
-                Ok(ConsumerMessage::ServerClosedChannel(e))
-                | Ok(ConsumerMessage::ServerClosedConnection(e)) => return Err(e),
-                Ok(ConsumerMessage::ClientClosedChannel)
-                | Ok(ConsumerMessage::ClientClosedConnection) => {
-                    return Err(amiquip::Error::ClientClosedConnection);
-                }
+        }
+    }
+}
+
+/// The consumers' receivers, read by the workers.
+struct AmqpDeliverySource {
+    receivers: Vec<Receiver<ConsumerMessage>>,
+    settle: crossbeam_channel::Sender<Settlement>,
+    lost: crossbeam_channel::Sender<amiquip::Error>,
+}
+
+impl fmt::Debug for AmqpDeliverySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpDeliverySource")
+            .field("queues", &self.receivers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeliverySource for AmqpDeliverySource {
+    fn queues(&self) -> usize {
+        self.receivers.len()
+    }
+
+    fn register<'a>(&'a self, queue: usize, select: &mut Select<'a>) -> usize {
+        select.recv(&self.receivers[queue])
+    }
+
+    fn complete(&self, queue: usize, operation: SelectedOperation<'_>) -> Received {
+        match operation.recv(&self.receivers[queue]) {
+            Ok(ConsumerMessage::Delivery(mut delivery)) => {
+                let message = Message {
+                    exchange: std::mem::take(&mut delivery.exchange),
+                    routing_key: std::mem::take(&mut delivery.routing_key),
+                    properties: properties_from_amqp(std::mem::take(&mut delivery.properties)),
+                    body: std::mem::take(&mut delivery.body),
+                    redelivered: delivery.redelivered,
+                };
+                let settle = self.settle.clone();
+                Received::Delivery(Delivery {
+                    queue,
+                    message,
+                    acker: Acker::new(move |outcome| {
+                        // The consumer thread may be gone (connection lost); the broker then
+                        // redelivers anyway.
+                        let _ = settle.send((delivery, outcome));
+                    }),
+                })
+            }
+            Ok(ConsumerMessage::ClientCancelled) => Received::Ended,
+            Ok(ConsumerMessage::ServerClosedChannel(e))
+            | Ok(ConsumerMessage::ServerClosedConnection(e)) => {
+                let _ = self.lost.try_send(e);
+                Received::Ended
+            }
+            Ok(ConsumerMessage::ServerCancelled) => {
+                let _ = self.lost.try_send(amiquip::Error::ServerClosedChannel {
+                    channel_id: 0,
+                    code: 0,
+                    message: "the broker cancelled the consumer".into(),
+                });
+                Received::Ended
+            }
+            Ok(ConsumerMessage::ClientClosedChannel)
+            | Ok(ConsumerMessage::ClientClosedConnection)
+            | Err(_) => {
+                let _ = self.lost.try_send(amiquip::Error::EventLoopDropped);
+                Received::Ended
             }
         }
     }

@@ -13,14 +13,15 @@ use crate::proxy::RpcClient;
 use crate::rpc::RpcEntrypoint;
 use crate::service::Service;
 use crate::transport::{
-    ConsumeSpec, Control, Delivery, ExchangeSpec, Outgoing, Published, Publisher, SharedTransport,
-    Sink, consume_with_reconnect,
+    ConsumeSpec, Control, Delivery, DeliverySource, ExchangeSpec, Outgoing, Published, Publisher,
+    Received, SharedTransport, Sink, consume_with_reconnect,
 };
 use crate::{Config, Error, Result};
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Select, Sender};
 use parking_lot::Mutex;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -232,27 +233,36 @@ impl Container {
         }
 
         let max_workers = self.config.workers();
-        let (jobs, job_rx) = crossbeam_channel::bounded::<Job>(max_workers);
-        let mut workers = Vec::with_capacity(max_workers);
-        for i in 0..max_workers {
-            let job_rx = job_rx.clone();
-            let transport = transport.clone();
-            workers.push(
-                std::thread::Builder::new()
-                    .name(format!("enoki-{name}-worker-{i}"))
-                    .spawn(move || work(job_rx, transport))?,
-            );
-        }
-
         let mut queues = Vec::new();
         let mut handlers: Vec<Arc<dyn DeliveryHandler>> = Vec::new();
         if !rpc.is_empty() {
             queues.push(crate::rpc::service_queue(&name, self.config.exchange()));
             handlers.push(Arc::new(RpcEntrypoint::new(&name, &rpc)));
         }
+        let (wake_tx, wake_rx): (Vec<_>, Vec<_>) = (0..max_workers)
+            .map(|_| crossbeam_channel::bounded(1))
+            .unzip();
+        let pool = Arc::new(Pool {
+            runtime: runtime.clone(),
+            handlers,
+            feed: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            wake: wake_rx,
+        });
+        let (jobs, job_rx) = crossbeam_channel::bounded::<Job>(max_workers);
+        let mut workers = Vec::with_capacity(max_workers);
+        for i in 0..max_workers {
+            let job_rx = job_rx.clone();
+            let pool = pool.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("enoki-{name}-worker-{i}"))
+                    .spawn(move || work(&pool, i, &job_rx))?,
+            );
+        }
         let mut running = Running {
             runtime: runtime.clone(),
-            jobs: jobs.clone(),
+            jobs,
             workers,
             consumer: None,
         };
@@ -261,7 +271,12 @@ impl Container {
                 queues,
                 prefetch: self.config.prefetch(),
             };
-            match start_consumer(runtime, spec, handlers, jobs) {
+            let sink = ContainerSink {
+                pool,
+                wake: wake_tx,
+                ready: None,
+            };
+            match start_consumer(&runtime, spec, sink) {
                 Ok(consumer) => running.consumer = Some(consumer),
                 Err(e) => {
                     shutdown(running, false);
@@ -306,15 +321,77 @@ impl Drop for Container {
     }
 }
 
-fn work(jobs: Receiver<Job>, transport: SharedTransport) {
-    let mut worker = Worker::new(transport);
-    while let Ok(job) = jobs.recv() {
-        // Handlers run under catch_unwind already; this guards the framework's own code so a
-        // bug there costs one job, not a worker thread.
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut worker))).is_err() {
-            log::error!("a job panicked outside its handler");
-            worker.publisher = None;
+/// What the workers of one container share: the handlers of its queues and the consumer's
+/// current delivery source, which they read directly.
+struct Pool {
+    runtime: Arc<Runtime>,
+    handlers: Vec<Arc<dyn DeliveryHandler>>,
+    feed: Mutex<Option<Arc<dyn DeliverySource>>>,
+    /// Bumped whenever `feed` changes, so workers notice a reconnection without a lock.
+    generation: AtomicU64,
+    /// One per worker: wakes it to pick up a new source after a reconnection.
+    wake: Vec<Receiver<()>>,
+}
+
+/// A worker thread: takes jobs (HTTP requests, timer ticks) and deliveries, whichever comes
+/// first. It exits once the job channel is closed and every queue it read has ended.
+fn work(pool: &Pool, id: usize, jobs: &Receiver<Job>) {
+    let mut worker = Worker::new(pool.runtime.transport.clone());
+    let mut jobs_open = true;
+    let mut seen = u64::MAX;
+    let mut source: Option<Arc<dyn DeliverySource>> = None;
+    let mut ended: Vec<bool> = Vec::new();
+    let mut reading: Vec<(usize, usize)> = Vec::new();
+    loop {
+        let generation = pool.generation.load(Ordering::Acquire);
+        if generation != seen {
+            seen = generation;
+            source = pool.feed.lock().clone();
+            ended = vec![false; source.as_ref().map_or(0, |s| s.queues())];
         }
+        let mut select = Select::new();
+        let jobs_index = jobs_open.then(|| select.recv(jobs));
+        let wake_index = select.recv(&pool.wake[id]);
+        reading.clear();
+        if let Some(source) = &source {
+            for queue in (0..ended.len()).filter(|q| !ended[*q]) {
+                reading.push((source.register(queue, &mut select), queue));
+            }
+        }
+        if !jobs_open && reading.is_empty() {
+            return;
+        }
+        let operation = select.select();
+        let index = operation.index();
+        if Some(index) == jobs_index {
+            match operation.recv(jobs) {
+                Ok(job) => guarded(&mut worker, job),
+                Err(_) => jobs_open = false,
+            }
+        } else if index == wake_index {
+            let _ = operation.recv(&pool.wake[id]);
+        } else if let (Some(source), Some(&(_, queue))) =
+            (&source, reading.iter().find(|(i, _)| *i == index))
+        {
+            match source.complete(queue, operation) {
+                Received::Delivery(delivery) => {
+                    let handler = &pool.handlers[delivery.queue];
+                    guarded(&mut worker, |worker: &mut Worker| {
+                        handler.handle(&pool.runtime, delivery, worker);
+                    });
+                }
+                Received::Ended => ended[queue] = true,
+            }
+        }
+    }
+}
+
+/// Runs `job`; handlers catch their own panics already, this guards the framework's code so a
+/// bug there costs one job, not a worker thread.
+fn guarded(worker: &mut Worker, job: impl FnOnce(&mut Worker)) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(worker))).is_err() {
+        log::error!("a job panicked outside its handler");
+        worker.publisher = None;
     }
 }
 
@@ -325,17 +402,21 @@ fn shutdown(running: Running, kill: bool) {
         workers,
         consumer,
     } = running;
-    if let Some(consumer) = consumer {
+    if let Some(consumer) = &consumer {
+        // Stop cancels the consumers: the queues end and the workers run dry.
         let order = if kill { Control::Kill } else { Control::Stop };
         let _ = consumer.control.send(order);
-        // A graceful stop returns once every delivery handed out has been settled.
-        let _ = consumer.thread.join();
     }
     drop(jobs);
     if !kill {
         for worker in workers {
             let _ = worker.join();
         }
+    }
+    if let Some(consumer) = consumer {
+        // Every ack the workers handed back is queued by now: settle them, then close.
+        let _ = consumer.control.send(Control::Finish);
+        let _ = consumer.thread.join();
     }
     for dep in &runtime.dependencies {
         if kill {
@@ -351,48 +432,35 @@ fn shutdown(running: Running, kill: bool) {
 }
 
 struct ContainerSink {
-    runtime: Arc<Runtime>,
-    handlers: Vec<Arc<dyn DeliveryHandler>>,
-    jobs: Sender<Job>,
+    pool: Arc<Pool>,
+    wake: Vec<Sender<()>>,
     ready: Option<Sender<Result<()>>>,
 }
 
 impl Sink for ContainerSink {
-    fn ready(&mut self) {
+    fn ready(&mut self, source: Arc<dyn DeliverySource>) {
+        *self.pool.feed.lock() = Some(source);
+        self.pool.generation.fetch_add(1, Ordering::AcqRel);
+        for wake in &self.wake {
+            // A full slot already holds a wake-up the worker has not seen yet.
+            let _ = wake.try_send(());
+        }
         if let Some(tx) = self.ready.take() {
             let _ = tx.send(Ok(()));
         }
     }
-
-    fn deliver(&mut self, delivery: Delivery) {
-        let Some(handler) = self.handlers.get(delivery.queue).cloned() else {
-            return; // dropping the delivery requeues it
-        };
-        let runtime = self.runtime.clone();
-        // Blocks while the pool is full: the broker keeps the rest (prefetch). If the pool is
-        // gone the job is dropped and its acker requeues the message.
-        let _ = self.jobs.send(Box::new(move |worker: &mut Worker| {
-            handler.handle(&runtime, delivery, worker)
-        }));
-    }
 }
 
 fn start_consumer(
-    runtime: Arc<Runtime>,
+    runtime: &Runtime,
     spec: ConsumeSpec,
-    handlers: Vec<Arc<dyn DeliveryHandler>>,
-    jobs: Sender<Job>,
+    mut sink: ContainerSink,
 ) -> Result<ConsumerThread> {
     let (control, control_rx) = crossbeam_channel::unbounded();
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+    sink.ready = Some(ready_tx);
     let name = runtime.service_name.clone();
     let transport = runtime.transport.clone();
-    let mut sink = ContainerSink {
-        runtime,
-        handlers,
-        jobs,
-        ready: Some(ready_tx),
-    };
     let thread = std::thread::Builder::new()
         .name(format!("enoki-{name}-consumer"))
         .spawn(move || {

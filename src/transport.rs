@@ -5,7 +5,7 @@
 //! implementation lives in `amqp.rs`; neither side knows anything of services.
 
 use crate::Result;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Select, SelectedOperation};
 use serde_json::{Map, Value};
 use std::fmt;
 use std::sync::Arc;
@@ -164,30 +164,30 @@ pub enum Outcome {
     },
 }
 
-/// A request from a worker to settle one delivery, sent back to the consuming thread.
-#[derive(Debug, Clone, Copy)]
-pub struct Settle {
-    /// The delivery tag on the consuming channel.
-    pub tag: u64,
-    /// Ack or reject.
-    pub outcome: Outcome,
-}
-
 /// The right, and duty, to settle one delivery.
 ///
-/// Acks travel back to the thread that owns the consuming channel, so no lock is taken on a
-/// channel. Dropping an unsettled `Acker` (a worker that died, a job dropped at shutdown)
-/// rejects the delivery with requeue, so the broker redelivers it: nothing is lost silently.
-#[derive(Debug)]
+/// Settling travels back to whatever owns the consuming channel (for AMQP, the consumer thread),
+/// so no lock is taken on a channel. Dropping an unsettled `Acker` (a worker that died, a job
+/// dropped at shutdown) rejects the delivery with requeue, so the broker redelivers it: nothing
+/// is lost silently.
 pub struct Acker {
-    tx: Option<Sender<Settle>>,
-    tag: u64,
+    settle: Option<Box<dyn FnOnce(Outcome) + Send>>,
+}
+
+impl fmt::Debug for Acker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acker")
+            .field("settled", &self.settle.is_none())
+            .finish()
+    }
 }
 
 impl Acker {
-    /// An acker that reports to `tx`.
-    pub fn new(tx: Sender<Settle>, tag: u64) -> Acker {
-        Acker { tx: Some(tx), tag }
+    /// An acker that settles through `settle`, called exactly once.
+    pub fn new(settle: impl FnOnce(Outcome) + Send + 'static) -> Acker {
+        Acker {
+            settle: Some(Box::new(settle)),
+        }
     }
 
     /// Acknowledges the delivery.
@@ -201,12 +201,8 @@ impl Acker {
     }
 
     fn settle(&mut self, outcome: Outcome) {
-        if let Some(tx) = self.tx.take() {
-            // The consumer may be gone (connection lost); the broker then redelivers anyway.
-            let _ = tx.send(Settle {
-                tag: self.tag,
-                outcome,
-            });
+        if let Some(settle) = self.settle.take() {
+            settle(outcome);
         }
     }
 }
@@ -228,20 +224,44 @@ pub struct Delivery {
     pub acker: Acker,
 }
 
-/// Receives what a consumer produces. Called on the consuming thread: keep it short.
+/// What a worker got from one queue of a [`DeliverySource`].
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // moved once per delivery, straight into the handler
+pub enum Received {
+    /// A delivery to handle.
+    Delivery(Delivery),
+    /// The queue's consumer has ended (cancelled, or its connection is gone): stop reading it.
+    Ended,
+}
+
+/// The deliveries of a running consumer, read directly by the worker threads, so a delivery
+/// wakes the worker that handles it rather than a consumer thread that would hand it on.
+///
+/// A worker adds the receivers of the queues it still reads to a crossbeam [`Select`] together
+/// with its own job channel, and completes whichever operation is ready.
+pub trait DeliverySource: Send + Sync + fmt::Debug {
+    /// The number of queues.
+    fn queues(&self) -> usize;
+    /// Adds queue `queue`'s receiver to `select`; returns the operation index.
+    fn register<'a>(&'a self, queue: usize, select: &mut Select<'a>) -> usize;
+    /// Completes a receive selected on queue `queue`.
+    fn complete(&self, queue: usize, operation: SelectedOperation<'_>) -> Received;
+}
+
+/// Hears from a consumer.
 pub trait Sink {
-    /// All queues are declared, bound and consumed: the consumer is live.
-    fn ready(&mut self);
-    /// One delivery.
-    fn deliver(&mut self, delivery: Delivery);
+    /// All queues are declared, bound and consumed: workers may read `source`. Called again
+    /// with a new source after each reconnection.
+    fn ready(&mut self, source: Arc<dyn DeliverySource>);
 }
 
 /// Orders for a running consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
-    /// Cancel the consumers, requeue what arrives after, and return once every delivery handed
-    /// out has been settled.
+    /// Cancel the consumers (no new deliveries) but keep settling what workers hand back.
     Stop,
+    /// Settle what has been handed back, then return: sent once the workers are done.
+    Finish,
     /// Return at once; unsettled deliveries are redelivered by the broker.
     Kill,
 }
@@ -260,9 +280,9 @@ pub trait Transport: Send + Sync + fmt::Debug {
     /// Opens a publishing channel on the publishing connection.
     fn publisher(&self) -> Result<Box<dyn Publisher>>;
 
-    /// Consumes on the calling thread until `control` says stop (returns `Ok` once drained),
-    /// kill (returns `Ok` at once) or the connection fails (returns `Err`; call again to
-    /// reconnect, with backoff).
+    /// Declares and consumes `spec`'s queues, hands their [`DeliverySource`] to `sink`, then
+    /// settles deliveries on the calling thread until `control` says finish or kill (returns
+    /// `Ok`) or the connection fails (returns `Err`; call again to reconnect, with backoff).
     fn consume(
         &self,
         spec: &ConsumeSpec,
@@ -318,12 +338,9 @@ pub(crate) fn consume_with_reconnect(
         ready: bool,
     }
     impl Sink for Tracking<'_> {
-        fn ready(&mut self) {
+        fn ready(&mut self, source: Arc<dyn DeliverySource>) {
             self.ready = true;
-            self.inner.ready();
-        }
-        fn deliver(&mut self, delivery: Delivery) {
-            self.inner.deliver(delivery);
+            self.inner.ready(source);
         }
     }
     let mut tracking = Tracking {
