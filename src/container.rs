@@ -21,7 +21,7 @@ use crossbeam_channel::{Receiver, Select, Sender};
 use parking_lot::Mutex;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -248,6 +248,9 @@ impl Container {
             feed: Mutex::new(None),
             generation: AtomicU64::new(0),
             wake: wake_rx,
+            wakers: wake_tx,
+            leader: AtomicUsize::new(NO_LEADER),
+            idle: Mutex::new(Vec::with_capacity(max_workers)),
         });
         let (jobs, job_rx) = crossbeam_channel::bounded::<Job>(max_workers);
         let mut workers = Vec::with_capacity(max_workers);
@@ -271,11 +274,7 @@ impl Container {
                 queues,
                 prefetch: self.config.prefetch(),
             };
-            let sink = ContainerSink {
-                pool,
-                wake: wake_tx,
-                ready: None,
-            };
+            let sink = ContainerSink { pool, ready: None };
             match start_consumer(&runtime, spec, sink) {
                 Ok(consumer) => running.consumer = Some(consumer),
                 Err(e) => {
@@ -329,12 +328,45 @@ struct Pool {
     feed: Mutex<Option<Arc<dyn DeliverySource>>>,
     /// Bumped whenever `feed` changes, so workers notice a reconnection without a lock.
     generation: AtomicU64,
-    /// One per worker: wakes it to pick up a new source after a reconnection.
+    /// One per worker: wakes it to lead, or to pick up a new source after a reconnection.
     wake: Vec<Receiver<()>>,
+    wakers: Vec<Sender<()>>,
+    /// The worker reading the source, or `NO_LEADER`.
+    leader: AtomicUsize,
+    /// Workers waiting for jobs or promotion, most recently idle last.
+    idle: Mutex<Vec<usize>>,
 }
 
-/// A worker thread: takes jobs (HTTP requests, timer ticks) and deliveries, whichever comes
-/// first. It exits once the job channel is closed and every queue it read has ended.
+/// No worker is reading the delivery source.
+const NO_LEADER: usize = usize::MAX;
+
+impl Pool {
+    /// Hands the reading of deliveries to the most recently idle worker: its caches are warm,
+    /// where crossbeam would wake the waiters in turn and cycle through every cold thread.
+    fn promote(&self) {
+        if self.leader.load(Ordering::Acquire) != NO_LEADER {
+            return;
+        }
+        let next = self.idle.lock().pop();
+        if let Some(next) = next {
+            let _ = self.wakers[next].try_send(());
+        }
+    }
+
+    /// Gives up reading (the leader took work, or has nothing left to read) and wakes a
+    /// successor.
+    fn release(&self, id: usize) {
+        let _ = self
+            .leader
+            .compare_exchange(id, NO_LEADER, Ordering::AcqRel, Ordering::Acquire);
+        self.promote();
+    }
+}
+
+/// A worker thread. One idle worker at a time, the leader, reads the delivery source (and the
+/// job channel); the others wait for jobs (HTTP requests, timer ticks) or to be promoted. A
+/// leader that takes work promotes the most recently idle worker before running it. A worker
+/// exits once the job channel is closed and nothing is left for it to read.
 fn work(pool: &Pool, id: usize, jobs: &Receiver<Job>) {
     let mut worker = Worker::new(pool.runtime.transport.clone());
     let mut jobs_open = true;
@@ -342,6 +374,7 @@ fn work(pool: &Pool, id: usize, jobs: &Receiver<Job>) {
     let mut source: Option<Arc<dyn DeliverySource>> = None;
     let mut ended: Vec<bool> = Vec::new();
     let mut reading: Vec<(usize, usize)> = Vec::new();
+    let wake = &pool.wake[id];
     loop {
         let generation = pool.generation.load(Ordering::Acquire);
         if generation != seen {
@@ -349,39 +382,79 @@ fn work(pool: &Pool, id: usize, jobs: &Receiver<Job>) {
             source = pool.feed.lock().clone();
             ended = vec![false; source.as_ref().map_or(0, |s| s.queues())];
         }
-        let mut select = Select::new();
-        let jobs_index = jobs_open.then(|| select.recv(jobs));
-        let wake_index = select.recv(&pool.wake[id]);
-        reading.clear();
-        if let Some(source) = &source {
+        let live = ended.contains(&false);
+        let leading = live
+            && (pool.leader.load(Ordering::Acquire) == id
+                || pool
+                    .leader
+                    .compare_exchange(NO_LEADER, id, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok());
+        if !live && pool.leader.load(Ordering::Acquire) == id {
+            pool.release(id);
+        }
+
+        if let (true, Some(source)) = (leading, &source) {
+            let mut select = Select::new();
+            let jobs_index = jobs_open.then(|| select.recv(jobs));
+            let wake_index = select.recv(wake);
+            reading.clear();
             for queue in (0..ended.len()).filter(|q| !ended[*q]) {
                 reading.push((source.register(queue, &mut select), queue));
             }
+            let operation = select.select();
+            let index = operation.index();
+            if Some(index) == jobs_index {
+                match operation.recv(jobs) {
+                    Ok(job) => {
+                        pool.release(id);
+                        guarded(&mut worker, job);
+                    }
+                    Err(_) => jobs_open = false,
+                }
+            } else if index == wake_index {
+                let _ = operation.recv(wake);
+            } else if let Some(&(_, queue)) = reading.iter().find(|(i, _)| *i == index) {
+                match source.complete(queue, operation) {
+                    Received::Delivery(delivery) => {
+                        pool.release(id);
+                        let handler = &pool.handlers[delivery.queue];
+                        guarded(&mut worker, |worker: &mut Worker| {
+                            handler.handle(&pool.runtime, delivery, worker);
+                        });
+                    }
+                    Received::Ended => ended[queue] = true,
+                }
+            }
+            continue;
         }
-        if !jobs_open && reading.is_empty() {
-            return;
+
+        if !jobs_open {
+            // Only deliveries could still come: leave them to the leader, or lead if nobody
+            // does and this worker has something to read.
+            if !live || pool.leader.load(Ordering::Acquire) != NO_LEADER {
+                return;
+            }
+            continue;
         }
+        pool.idle.lock().push(id);
+        let mut select = Select::new();
+        let jobs_index = select.recv(jobs);
+        select.recv(wake);
         let operation = select.select();
-        let index = operation.index();
-        if Some(index) == jobs_index {
+        pool.idle.lock().retain(|w| *w != id);
+        if operation.index() == jobs_index {
             match operation.recv(jobs) {
-                Ok(job) => guarded(&mut worker, job),
+                Ok(job) => {
+                    // Promoted at the same moment a job came: pass the promotion on.
+                    if wake.try_recv().is_ok() {
+                        pool.promote();
+                    }
+                    guarded(&mut worker, job);
+                }
                 Err(_) => jobs_open = false,
             }
-        } else if index == wake_index {
-            let _ = operation.recv(&pool.wake[id]);
-        } else if let (Some(source), Some(&(_, queue))) =
-            (&source, reading.iter().find(|(i, _)| *i == index))
-        {
-            match source.complete(queue, operation) {
-                Received::Delivery(delivery) => {
-                    let handler = &pool.handlers[delivery.queue];
-                    guarded(&mut worker, |worker: &mut Worker| {
-                        handler.handle(&pool.runtime, delivery, worker);
-                    });
-                }
-                Received::Ended => ended[queue] = true,
-            }
+        } else {
+            let _ = operation.recv(wake);
         }
     }
 }
@@ -433,7 +506,6 @@ fn shutdown(running: Running, kill: bool) {
 
 struct ContainerSink {
     pool: Arc<Pool>,
-    wake: Vec<Sender<()>>,
     ready: Option<Sender<Result<()>>>,
 }
 
@@ -441,7 +513,7 @@ impl Sink for ContainerSink {
     fn ready(&mut self, source: Arc<dyn DeliverySource>) {
         *self.pool.feed.lock() = Some(source);
         self.pool.generation.fetch_add(1, Ordering::AcqRel);
-        for wake in &self.wake {
+        for wake in &self.pool.wakers {
             // A full slot already holds a wake-up the worker has not seen yet.
             let _ = wake.try_send(());
         }
