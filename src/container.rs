@@ -2,10 +2,11 @@
 //! [`Runner`] runs several and stops them on SIGINT or SIGTERM.
 //!
 //! Threads of one container: one consumer thread that owns the consuming channel, `max_workers`
-//! workers, and (when the service calls others) one reply listener; amiquip adds an I/O thread
-//! per connection. Deliveries reach the workers as jobs on a bounded crossbeam channel, so a
-//! full pool stops intake and the broker holds the rest (prefetch). Workers send acks back to
-//! the consumer thread, which owns the channel they must go through.
+//! workers, and (when the service calls others) one thread keeping the reply queue's consumer;
+//! amiquip adds an I/O thread per connection. Workers read deliveries directly from the
+//! consumer's receivers, one leader at a time, so a request wakes the worker that runs it and
+//! nothing else; a full pool stops intake and the broker holds the rest (prefetch). Workers send
+//! acks back to the consumer thread, which owns the channel they must go through.
 
 use crate::amqp::AmqpTransport;
 use crate::dependency::{ContainerInfo, NamedDependency};

@@ -34,11 +34,17 @@
 //!
 //! A container owns one consumer thread (one AMQP channel for all its queues, prefetch =
 //! `max_workers` per consumer unless `PREFETCH_COUNT` is set), `max_workers` worker threads
-//! (default 10), and a reply listener thread if it calls other services. A delivery becomes a job
-//! on a bounded channel; a worker runs the handler, publishes the reply on its own channel with
-//! publisher confirms, and only then hands the ack back to the consumer thread. A full pool stops
-//! intake; the broker holds the rest. Consuming and publishing use separate connections, so a
+//! (default 10), and, if it calls other services, a thread that keeps its reply queue's
+//! consumer. One idle worker at a time reads the deliveries straight from the consumer's
+//! receivers (no hand-off through the consumer thread); when it takes one, it promotes the
+//! worker that went idle last, whose caches are warm. The worker runs the handler, publishes
+//! the reply on its own channel with publisher confirms, and only then hands the ack back to the
+//! consumer thread, which owns the channel acks must go through. A full pool stops intake; the
+//! broker holds the rest (prefetch). Consuming and publishing use separate connections, so a
 //! broker that blocks publishers does not stall acks.
+//!
+//! A caller waiting for a reply reads the reply queue itself, together with its own channel,
+//! and hands on replies that belong to other callers, so a reply wakes its caller directly.
 //!
 //! What blocks: handlers run on workers and may block (a call to another service waits for its
 //! reply on that worker). [`Container::stop`] blocks until in-flight work is done.

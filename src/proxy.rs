@@ -390,7 +390,7 @@ impl Dependency for RpcProxy {
     type Value = ServiceProxy;
 
     fn setup(&self, container: &ContainerInfo) -> Result<()> {
-        // Start the shared reply listener now, so the first call does not pay for it.
+        // Declare and consume the shared reply queue now, so the first call does not pay for it.
         container.runtime.rpc_client().map(|_| ())
     }
 
@@ -535,7 +535,7 @@ impl ClusterRpcProxy {
 
 impl Drop for ClusterRpcProxy {
     fn drop(&mut self) {
-        // Service proxies handed out share the client; the listener stops with the last one.
+        // Service proxies handed out share the client; its reply consumer stops with the last.
         if Arc::strong_count(&self.client) == 1 {
             self.client.stop();
         }
