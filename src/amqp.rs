@@ -9,8 +9,8 @@
 use crate::config::AmqpUri;
 use crate::transport::{
     Acker, ConsumeSpec, Control, Delivery, DeliverySource, ExchangeKind, ExchangeSpec, Headers,
-    Message, Outcome, Outgoing, Properties, Published, Publisher, QueueSpec, Received,
-    ReplySource, Sink, Transport, Wait,
+    Message, Outcome, Outgoing, Properties, Published, Publisher, QueueSpec, Received, ReplySource,
+    Sink, Transport, Wait,
 };
 use crate::{Error, Result};
 use amiquip::{
@@ -247,7 +247,9 @@ impl Transport for AmqpTransport {
                 let _ = thread.join();
                 Err(e)
             }
-            Err(_) => Err(Error::broker("the reply queue consumer died while starting")),
+            Err(_) => Err(Error::broker(
+                "the reply queue consumer died while starting",
+            )),
         }
     }
 }
@@ -314,7 +316,9 @@ impl ReplySource for AmqpReplySource {
                     redelivered: delivery.redelivered,
                 });
             }
-            Ok(ConsumerMessage::ServerClosedChannel(e)) => broker_error("reply queue channel closed", &e),
+            Ok(ConsumerMessage::ServerClosedChannel(e)) => {
+                broker_error("reply queue channel closed", &e)
+            }
             Ok(ConsumerMessage::ServerClosedConnection(e)) => {
                 forget(&self.slot, self.generation);
                 broker_error("reply queue connection closed", &e)
