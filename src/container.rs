@@ -4,7 +4,7 @@
 //! Threads of one container: one consumer thread that owns the consuming channel, `max_workers`
 //! workers, and (when the service calls others) one thread keeping the reply queue's consumer;
 //! amiquip adds an I/O thread per connection. Workers read deliveries directly from the
-//! consumer's receivers, one leader at a time, so a request wakes the worker that runs it and
+//! consumer's receivers, two listeners at a time, so a request wakes the worker that runs it and
 //! nothing else; a full pool stops intake and the broker holds the rest (prefetch). Workers send
 //! acks back to the consumer thread, which owns the channel they must go through.
 
@@ -250,7 +250,7 @@ impl Container {
             generation: AtomicU64::new(0),
             wake: wake_rx,
             wakers: wake_tx,
-            leader: AtomicUsize::new(NO_LEADER),
+            listeners: AtomicUsize::new(0),
             idle: Mutex::new(Vec::with_capacity(max_workers)),
         });
         let (jobs, job_rx) = crossbeam_channel::bounded::<Job>(max_workers);
@@ -332,20 +332,38 @@ struct Pool {
     /// One per worker: wakes it to lead, or to pick up a new source after a reconnection.
     wake: Vec<Receiver<()>>,
     wakers: Vec<Sender<()>>,
-    /// The worker reading the source, or `NO_LEADER`.
-    leader: AtomicUsize,
+    /// How many workers read the source now (at most `LISTENERS`).
+    listeners: AtomicUsize,
     /// Workers waiting for jobs or promotion, most recently idle last.
     idle: Mutex<Vec<usize>>,
 }
 
-/// No worker is reading the delivery source.
-const NO_LEADER: usize = usize::MAX;
+/// How many idle workers read the delivery source at once. Two, so that when one takes a
+/// request the other is already listening and nobody has to be woken to take its place; a
+/// worker is woken (the most recently idle one) only when no listener is left.
+const LISTENERS: usize = 2;
 
 impl Pool {
-    /// Hands the reading of deliveries to the most recently idle worker: its caches are warm,
-    /// where crossbeam would wake the waiters in turn and cycle through every cold thread.
+    /// Claims a listener slot, if one is free.
+    fn listen(&self) -> bool {
+        self.listeners
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < LISTENERS).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives up a listener slot (the worker took work, or has nothing left to read); if that
+    /// left nobody listening, wakes the most recently idle worker, whose caches are warm, where
+    /// crossbeam would wake waiters in turn and cycle through every cold thread.
+    fn unlisten(&self) {
+        if self.listeners.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.promote();
+        }
+    }
+
     fn promote(&self) {
-        if self.leader.load(Ordering::Acquire) != NO_LEADER {
+        if self.listeners.load(Ordering::Acquire) > 0 {
             return;
         }
         let next = self.idle.lock().pop();
@@ -353,20 +371,10 @@ impl Pool {
             let _ = self.wakers[next].try_send(());
         }
     }
-
-    /// Gives up reading (the leader took work, or has nothing left to read) and wakes a
-    /// successor.
-    fn release(&self, id: usize) {
-        let _ = self
-            .leader
-            .compare_exchange(id, NO_LEADER, Ordering::AcqRel, Ordering::Acquire);
-        self.promote();
-    }
 }
 
-/// A worker thread. One idle worker at a time, the leader, reads the delivery source (and the
-/// job channel); the others wait for jobs (HTTP requests, timer ticks) or to be promoted. A
-/// leader that takes work promotes the most recently idle worker before running it. A worker
+/// A worker thread. Up to [`LISTENERS`] idle workers read the delivery source (and the job
+/// channel); the others wait for jobs (HTTP requests, timer ticks) or to be woken. A worker
 /// exits once the job channel is closed and nothing is left for it to read.
 fn work(pool: &Pool, id: usize, jobs: &Receiver<Job>) {
     let mut worker = Worker::new(pool.runtime.transport.clone());
@@ -375,6 +383,7 @@ fn work(pool: &Pool, id: usize, jobs: &Receiver<Job>) {
     let mut source: Option<Arc<dyn DeliverySource>> = None;
     let mut ended: Vec<bool> = Vec::new();
     let mut reading: Vec<(usize, usize)> = Vec::new();
+    let mut listening = false;
     let wake = &pool.wake[id];
     loop {
         let generation = pool.generation.load(Ordering::Acquire);
@@ -384,16 +393,12 @@ fn work(pool: &Pool, id: usize, jobs: &Receiver<Job>) {
             ended = vec![false; source.as_ref().map_or(0, |s| s.queues())];
         }
         let live = ended.contains(&false);
-        let leading = live
-            && (pool.leader.load(Ordering::Acquire) == id
-                || pool
-                    .leader
-                    .compare_exchange(NO_LEADER, id, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok());
-        if !live && pool.leader.load(Ordering::Acquire) == id {
-            pool.release(id);
+        if listening && !live {
+            listening = false;
+            pool.unlisten();
         }
-
+        let leading = live && (listening || pool.listen());
+        listening = leading;
         if let (true, Some(source)) = (leading, &source) {
             let mut select = Select::new();
             let jobs_index = jobs_open.then(|| select.recv(jobs));
@@ -407,7 +412,8 @@ fn work(pool: &Pool, id: usize, jobs: &Receiver<Job>) {
             if Some(index) == jobs_index {
                 match operation.recv(jobs) {
                     Ok(job) => {
-                        pool.release(id);
+                        listening = false;
+                        pool.unlisten();
                         guarded(&mut worker, job);
                     }
                     Err(_) => jobs_open = false,
@@ -417,7 +423,8 @@ fn work(pool: &Pool, id: usize, jobs: &Receiver<Job>) {
             } else if let Some(&(_, queue)) = reading.iter().find(|(i, _)| *i == index) {
                 match source.complete(queue, operation) {
                     Received::Delivery(delivery) => {
-                        pool.release(id);
+                        listening = false;
+                        pool.unlisten();
                         let handler = &pool.handlers[delivery.queue];
                         guarded(&mut worker, |worker: &mut Worker| {
                             handler.handle(&pool.runtime, delivery, worker);
@@ -430,9 +437,9 @@ fn work(pool: &Pool, id: usize, jobs: &Receiver<Job>) {
         }
 
         if !jobs_open {
-            // Only deliveries could still come: leave them to the leader, or lead if nobody
-            // does and this worker has something to read.
-            if !live || pool.leader.load(Ordering::Acquire) != NO_LEADER {
+            // Only deliveries could still come: leave them to the listeners, or listen if
+            // nobody does and this worker has something to read.
+            if !live || pool.listeners.load(Ordering::Acquire) > 0 {
                 return;
             }
             continue;
