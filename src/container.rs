@@ -109,12 +109,6 @@ pub(crate) trait DeliveryHandler: Send + Sync {
     fn handle(&self, runtime: &Arc<Runtime>, delivery: Delivery, worker: &mut Worker);
 }
 
-impl DeliveryHandler for RpcEntrypoint {
-    fn handle(&self, runtime: &Arc<Runtime>, delivery: Delivery, worker: &mut Worker) {
-        RpcEntrypoint::handle(self, runtime, delivery, worker);
-    }
-}
-
 struct ConsumerThread {
     control: Sender<Control>,
     thread: JoinHandle<()>,

@@ -225,15 +225,19 @@ impl fmt::Debug for Pending {
 impl Pending {
     /// Blocks until the reply arrives.
     pub fn wait<R: DeserializeOwned>(self) -> Result<R> {
-        parse_reply(self.receive(None))
+        // Without a deadline `receive` only returns with a reply or a failure.
+        parse_reply(
+            self.receive(None)
+                .unwrap_or_else(|| Err(Error::new(ErrorKind::Stopped))),
+        )
     }
 
     /// Blocks until the reply arrives or `timeout` passes ([`ErrorKind::Timeout`]).
     pub fn wait_timeout<R: DeserializeOwned>(self, timeout: Duration) -> Result<R> {
         match Instant::now().checked_add(timeout) {
             Some(deadline) => match self.receive(Some(deadline)) {
-                Err(e) if e.is_timeout() => Err(Error::new(ErrorKind::Timeout(timeout))),
-                other => parse_reply(other),
+                Some(reply) => parse_reply(reply),
+                None => Err(Error::new(ErrorKind::Timeout(timeout))),
             },
             None => self.wait(),
         }
@@ -244,24 +248,28 @@ impl Pending {
         &self.correlation_id
     }
 
-    fn receive(&self, deadline: Option<Instant>) -> Result<Vec<u8>> {
+    /// The reply (or the failure that ended the wait), or `None` once `deadline` passed.
+    fn receive(&self, deadline: Option<Instant>) -> Option<Result<Vec<u8>>> {
         loop {
             if let Ok(reply) = self.rx.try_recv() {
-                return reply;
+                return Some(reply);
             }
-            let source = self.client.source()?;
+            let source = match self.client.source() {
+                Ok(source) => source,
+                Err(e) => return Some(Err(e)),
+            };
             match source.wait(&self.rx, deadline) {
-                Wait::Own(reply) => return reply,
+                Wait::Own(reply) => return Some(reply),
                 Wait::Message(message) => {
                     let id = message.properties.correlation_id.as_deref();
                     if id == Some(self.correlation_id.as_str()) {
                         self.client.pending.lock().remove(&self.correlation_id);
-                        return Ok(message.body);
+                        return Some(Ok(message.body));
                     }
                     self.client.forward(id, message.body);
                 }
                 Wait::Lost(error) => self.client.lost(&source, &error),
-                Wait::Timeout => return Err(Error::new(ErrorKind::Timeout(Duration::ZERO))),
+                Wait::Timeout => return None,
             }
         }
     }

@@ -6,7 +6,7 @@
 //! The request is acked only after the reply is published.
 
 use crate::args::{Args, FromArgs};
-use crate::container::{Runtime, Worker};
+use crate::container::{DeliveryHandler, Runtime, Worker};
 use crate::context::WorkerContext;
 use crate::transport::{Delivery, ExchangeSpec, Headers, Outgoing, Properties, QueueSpec};
 use crate::{Error, ErrorKind, RemoteError, Result};
@@ -150,9 +150,11 @@ impl RpcEntrypoint {
                 .collect(),
         }
     }
+}
 
+impl DeliveryHandler for RpcEntrypoint {
     /// Runs one request on a worker: decode, run, reply, ack, then the result hooks.
-    pub(crate) fn handle(&self, runtime: &Arc<Runtime>, delivery: Delivery, worker: &mut Worker) {
+    fn handle(&self, runtime: &Arc<Runtime>, delivery: Delivery, worker: &mut Worker) {
         let Delivery {
             mut message, acker, ..
         } = delivery;

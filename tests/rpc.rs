@@ -239,10 +239,10 @@ fn timeouts_are_reported_and_late_replies_dropped() {
         started.elapsed() < Duration::from_millis(390),
         "gave up before the reply"
     );
-    // The late reply arrives and is dropped; the next call gets its own result.
-    std::thread::sleep(Duration::from_millis(400));
-    let v: u64 = cluster.call_timeout(&name, "sleep", (1,), WAIT).unwrap();
-    assert_eq!(v, 1);
+    // The late reply (at ~400 ms) arrives while the next call (~700 ms) waits: it is read,
+    // found to belong to nobody, and dropped; the next call gets its own result.
+    let v: u64 = cluster.call_timeout(&name, "sleep", (600,), WAIT).unwrap();
+    assert_eq!(v, 600);
 
     // call_async with a per-wait timeout, and a default timeout on the client.
     let pending = cluster.call_async(&name, "sleep", (300,)).unwrap();
@@ -584,13 +584,15 @@ fn graceful_stop_finishes_in_flight_calls() {
     let pending: Vec<_> = (0..3)
         .map(|_| cluster.call_async(&name, "sleep", (500,)).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_millis(150)); // let the workers pick them up
+    // Stop only once the broker has handed all three to the service.
+    let raw = RawClient::new(&mut cleanup);
+    let queue = format!("rpc-{name}");
+    assert!(support::eventually(WAIT, || raw.ready_count(&queue) == 0));
     container.stop();
     assert!(!container.is_running());
     for p in pending {
         assert_eq!(p.wait_timeout::<u64>(WAIT).unwrap(), 500);
     }
-    let raw = RawClient::new(&mut cleanup);
     assert_eq!(
         raw.ready_count(&format!("rpc-{name}")),
         0,

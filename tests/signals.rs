@@ -33,8 +33,24 @@ fn signal_child() {
         .expect("runner");
 }
 
-/// The child process; killed and reaped if a test fails before it exits.
-struct ServiceProcess(Child);
+/// The child process and its log lines; killed and reaped if a test fails before it exits.
+struct ServiceProcess(Child, crossbeam_channel::Receiver<String>);
+
+impl ServiceProcess {
+    /// Waits for a log line containing `text`.
+    fn wait_log(&self, text: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let line = self
+                .1
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("the child never logged {text:?}"));
+            if line.contains(text) {
+                return;
+            }
+        }
+    }
+}
 
 impl Drop for ServiceProcess {
     fn drop(&mut self) {
@@ -60,23 +76,25 @@ fn spawn_echo(name: &str) -> ServiceProcess {
         .stderr(Stdio::piped())
         .spawn()
         .expect("child starts");
-    let mut child = ServiceProcess(child);
-    let stderr = child.0.stderr.take().expect("stderr");
     let (tx, rx) = crossbeam_channel::unbounded();
+    let mut child = ServiceProcess(child, rx);
+    let stderr = child.0.stderr.take().expect("stderr");
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the child logs that it started");
-        if line.contains("started with") {
-            return child;
-        }
-    }
+    child.wait_log("started with");
+    child
+}
+
+/// Waits until the broker has handed every request on `name`'s queue to the service.
+fn all_delivered(raw: &RawClient, name: &str) {
+    let queue = format!("rpc-{name}");
+    assert!(
+        support::eventually(WAIT, || raw.ready_count(&queue) == 0),
+        "the service never took its requests"
+    );
 }
 
 fn signal(child: &ServiceProcess, name: &str) {
@@ -109,13 +127,13 @@ fn sigterm_finishes_in_flight_calls_then_exits_zero() {
     let pending: Vec<_> = (0..3)
         .map(|_| cluster.call_async(&name, "sleep", (600,)).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    let raw = RawClient::new(&mut cleanup);
+    all_delivered(&raw, &name);
     signal(&child, "TERM");
     for p in pending {
         assert_eq!(p.wait_timeout::<u64>(WAIT).unwrap(), 600);
     }
     assert_eq!(wait_exit(&mut child).code(), Some(0));
-    let raw = RawClient::new(&mut cleanup);
     assert_eq!(raw.ready_count(&format!("rpc-{name}")), 0);
 }
 
@@ -138,10 +156,12 @@ fn a_second_signal_exits_at_once_and_the_request_is_redelivered() {
     let cluster = ClusterRpcProxy::new(&support::config()).unwrap();
     cleanup.queue(cluster.reply_queue());
     let _pending = cluster.call_async(&name, "sleep", (5_000,)).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    let raw = RawClient::new(&mut cleanup);
+    all_delivered(&raw, &name);
     let started = Instant::now();
     signal(&child, "TERM");
-    std::thread::sleep(Duration::from_millis(100));
+    // The second signal only counts as one once the first was handled.
+    child.wait_log("signal received");
     signal(&child, "TERM");
     assert_eq!(wait_exit(&mut child).code(), Some(1));
     assert!(
@@ -149,7 +169,6 @@ fn a_second_signal_exits_at_once_and_the_request_is_redelivered() {
         "it did not wait for the handler"
     );
     // The request was never acked: the broker holds it for the next instance.
-    let raw = RawClient::new(&mut cleanup);
     let queue = format!("rpc-{name}");
     assert!(support::eventually(WAIT, || raw.ready_count(&queue) == 1));
 }
