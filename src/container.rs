@@ -10,6 +10,7 @@
 
 use crate::amqp::AmqpTransport;
 use crate::dependency::{ContainerInfo, NamedDependency};
+use crate::entrypoint::Entrypoint;
 use crate::proxy::RpcClient;
 use crate::rpc::RpcEntrypoint;
 use crate::service::Service;
@@ -104,6 +105,47 @@ impl Worker {
 /// A unit of work for the pool; the container runs it without knowing what made it.
 pub(crate) type Job = Box<dyn FnOnce(&mut Worker) + Send>;
 
+/// The pool's job queue, bounded by `max_workers`: how HTTP requests and timer ticks reach the
+/// workers. The pool exits once every handle is dropped and the queue is empty.
+#[derive(Clone)]
+pub(crate) struct Jobs {
+    tx: Sender<Job>,
+    pub(crate) runtime: Arc<Runtime>,
+}
+
+impl fmt::Debug for Jobs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Jobs")
+            .field("queued", &self.tx.len())
+            .field("capacity", &self.tx.capacity())
+            .finish()
+    }
+}
+
+#[allow(dead_code)] // until the first entrypoint kind lands
+impl Jobs {
+    /// Queues `job`, waiting for room; gives it back if the pool has shut down.
+    pub(crate) fn submit(&self, job: Job) -> std::result::Result<(), Job> {
+        self.tx.send(job).map_err(|e| e.into_inner())
+    }
+
+    /// Queues `job` if there is room now; gives it back if the queue is full or closed.
+    pub(crate) fn try_submit(&self, job: Job) -> std::result::Result<(), Job> {
+        self.tx.try_send(job).map_err(|e| e.into_inner())
+    }
+
+    /// Queues `job`, waiting at most `timeout` for room.
+    pub(crate) fn submit_timeout(
+        &self,
+        job: Job,
+        timeout: Duration,
+    ) -> std::result::Result<(), Job> {
+        self.tx
+            .send_timeout(job, timeout)
+            .map_err(|e| e.into_inner())
+    }
+}
+
 /// Turns deliveries from one queue into work.
 pub(crate) trait DeliveryHandler: Send + Sync {
     fn handle(&self, runtime: &Arc<Runtime>, delivery: Delivery, worker: &mut Worker);
@@ -125,6 +167,7 @@ struct Running {
     jobs: Sender<Job>,
     workers: Vec<JoinHandle<()>>,
     consumer: Option<ConsumerThread>,
+    entrypoints: Vec<Box<dyn Entrypoint>>,
 }
 
 /// Runs one [`Service`]: its dependencies, its consumers and a bounded pool of worker threads.
@@ -208,7 +251,11 @@ impl Container {
             name,
             rpc,
             dependencies,
+            mut entrypoints,
         } = service;
+        for entrypoint in &entrypoints {
+            entrypoint.validate(&name, &self.config)?;
+        }
         let runtime = Arc::new(Runtime {
             service_name: Arc::from(name.as_str()),
             rpc_exchange: ExchangeSpec::topic(self.config.exchange()),
@@ -234,6 +281,12 @@ impl Container {
             queues.push(crate::rpc::service_queue(&name, self.config.exchange()));
             handlers.push(Arc::new(RpcEntrypoint::new(&name, &rpc)));
         }
+        for entrypoint in &entrypoints {
+            for (queue, handler) in entrypoint.queues(&name, &self.config)? {
+                queues.push(queue);
+                handlers.push(handler);
+            }
+        }
         let (wake_tx, wake_rx): (Vec<_>, Vec<_>) = (0..max_workers)
             .map(|_| crossbeam_channel::bounded(1))
             .unzip();
@@ -258,11 +311,16 @@ impl Container {
                     .spawn(move || work(&pool, i, &job_rx))?,
             );
         }
+        let job_handle = Jobs {
+            tx: jobs.clone(),
+            runtime: runtime.clone(),
+        };
         let mut running = Running {
             runtime: runtime.clone(),
             jobs,
             workers,
             consumer: None,
+            entrypoints: Vec::new(),
         };
         if !queues.is_empty() {
             let spec = ConsumeSpec {
@@ -278,6 +336,16 @@ impl Container {
                 }
             }
         }
+        for mut entrypoint in entrypoints.drain(..) {
+            let started = entrypoint.start(&runtime, &job_handle);
+            running.entrypoints.push(entrypoint);
+            if let Err(e) = started {
+                drop(job_handle);
+                shutdown(running, false);
+                return Err(e);
+            }
+        }
+        drop(job_handle);
         log::info!("{name}: started with {max_workers} workers");
         self.state = State::Running(running);
         Ok(())
@@ -476,7 +544,16 @@ fn shutdown(running: Running, kill: bool) {
         jobs,
         workers,
         consumer,
+        mut entrypoints,
     } = running;
+    // Nothing new is produced; what producers queued already still runs.
+    for entrypoint in &mut entrypoints {
+        if kill {
+            entrypoint.kill();
+        } else {
+            entrypoint.stop();
+        }
+    }
     if let Some(consumer) = &consumer {
         // Stop cancels the consumers: the queues end and the workers run dry.
         let order = if kill { Control::Kill } else { Control::Stop };

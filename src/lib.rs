@@ -67,6 +67,7 @@ pub mod config;
 mod container;
 mod context;
 mod dependency;
+mod entrypoint;
 mod error;
 mod id;
 pub mod logger;

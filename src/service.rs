@@ -4,6 +4,7 @@ use crate::Result;
 use crate::args::FromArgs;
 use crate::context::WorkerContext;
 use crate::dependency::{Dependency, NamedDependency};
+use crate::entrypoint::Entrypoint;
 use crate::rpc::{Handler, handler};
 use serde::Serialize;
 use std::fmt;
@@ -28,6 +29,7 @@ pub struct Service {
     pub(crate) name: String,
     pub(crate) rpc: Vec<(String, Handler)>,
     pub(crate) dependencies: Vec<NamedDependency>,
+    pub(crate) entrypoints: Vec<Box<dyn Entrypoint>>,
 }
 
 impl fmt::Debug for Service {
@@ -36,6 +38,7 @@ impl fmt::Debug for Service {
             .field("name", &self.name)
             .field("rpc", &self.rpc_methods().collect::<Vec<_>>())
             .field("dependencies", &self.dependencies)
+            .field("entrypoints", &self.entrypoints)
             .finish()
     }
 }
@@ -48,6 +51,7 @@ impl Service {
             name: name.into(),
             rpc: Vec::new(),
             dependencies: Vec::new(),
+            entrypoints: Vec::new(),
         }
     }
 
@@ -82,6 +86,13 @@ impl Service {
             kind: std::any::type_name::<D>(),
             dependency: Box::new(dependency),
         });
+        self
+    }
+
+    /// Adds an entrypoint of a kind other than RPC; each kind's module has the public builder.
+    #[allow(dead_code)] // until the first entrypoint kind lands
+    pub(crate) fn entrypoint(mut self, entrypoint: impl Entrypoint + 'static) -> Service {
+        self.entrypoints.push(Box::new(entrypoint));
         self
     }
 
