@@ -68,23 +68,30 @@ impl AmqpTransport {
     }
 
     /// Opens a channel on the connection in `slot`, connecting first if needed.
+    /// A connection that died while idle is only found out here, so a failure on a cached
+    /// connection is retried once on a fresh one.
     fn channel(&self, slot: &Mutex<Slot>, heartbeat: u16) -> Result<(Channel, u64)> {
         let mut slot = slot.lock();
-        if slot.connection.is_none() {
-            slot.connection = Some(connect(&self.uri, heartbeat)?);
-            slot.generation += 1;
-        }
-        let generation = slot.generation;
-        let opened = slot
-            .connection
-            .as_mut()
-            .map(|c| c.open_channel(None))
-            .ok_or_else(|| Error::broker("no connection"))?;
-        match opened {
-            Ok(channel) => Ok((channel, generation)),
-            Err(e) => {
-                slot.connection = None;
-                Err(broker_error("opening a channel", &e))
+        loop {
+            let fresh = slot.connection.is_none();
+            if fresh {
+                slot.connection = Some(connect(&self.uri, heartbeat)?);
+                slot.generation += 1;
+            }
+            let generation = slot.generation;
+            let opened = slot
+                .connection
+                .as_mut()
+                .map(|c| c.open_channel(None))
+                .ok_or_else(|| Error::broker("no connection"))?;
+            match opened {
+                Ok(channel) => return Ok((channel, generation)),
+                Err(e) => {
+                    slot.connection = None;
+                    if fresh {
+                        return Err(broker_error("opening a channel", &e));
+                    }
+                }
             }
         }
     }
@@ -199,6 +206,9 @@ impl Transport for AmqpTransport {
         let (channel, generation) = self.channel(&self.consuming, self.heartbeat)?;
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let (read_tx, read_rx) = crossbeam_channel::bounded::<()>(1);
+        let last_read = Arc::new(Mutex::new(None));
+        let keeper_last_read = last_read.clone();
         let queue = queue.clone();
         let slot = self.consuming.clone();
         // amiquip's Consumer borrows its Channel, so a thread keeps both alive while callers
@@ -206,12 +216,15 @@ impl Transport for AmqpTransport {
         let thread = std::thread::Builder::new()
             .name("enoki-reply-queue".into())
             .spawn(move || {
+                // Replies are acked (Nameko's are not): one lost with its connection before a
+                // caller read it is redelivered to the re-established consumer, so a waiting
+                // caller survives a reconnect instead of waiting forever.
                 let consumer = declare_queue(&channel, &queue).and_then(|()| {
                     channel.basic_consume(
                         queue.name.clone(),
                         ConsumerOptions {
                             no_local: false,
-                            no_ack: true,
+                            no_ack: false,
                             exclusive: false,
                             arguments: FieldTable::default(),
                         },
@@ -220,8 +233,7 @@ impl Transport for AmqpTransport {
                 match consumer {
                     Ok(consumer) => {
                         let _ = ready_tx.send(Ok(consumer.receiver().clone()));
-                        // Until the source is dropped (the sender goes with it).
-                        let _ = stop_rx.recv();
+                        keep_acking(&consumer, &keeper_last_read, &read_rx, &stop_rx);
                         if consumer.cancel().is_ok() {
                             await_cancelled(consumer.receiver());
                         }
@@ -236,6 +248,8 @@ impl Transport for AmqpTransport {
         match ready_rx.recv() {
             Ok(Ok(rx)) => Ok(Arc::new(AmqpReplySource {
                 rx,
+                last_read,
+                read: read_tx,
                 _keeper: Keeper {
                     stop: Some(stop_tx),
                     thread: Some(thread),
@@ -257,6 +271,10 @@ impl Transport for AmqpTransport {
 /// A reply queue consumer whose deliveries the waiting callers read themselves.
 struct AmqpReplySource {
     rx: Receiver<ConsumerMessage>,
+    /// The reply read last, with the highest delivery tag, for the keeper to ack.
+    last_read: Arc<Mutex<Option<amiquip::Delivery>>>,
+    /// Tells the keeper there is something to ack.
+    read: crossbeam_channel::Sender<()>,
     _keeper: Keeper,
     slot: Arc<Mutex<Slot>>,
     generation: u64,
@@ -308,13 +326,24 @@ impl ReplySource for AmqpReplySource {
         }
         let lost = match op.recv(&self.rx) {
             Ok(ConsumerMessage::Delivery(mut delivery)) => {
-                return Wait::Message(Message {
+                let message = Message {
                     exchange: std::mem::take(&mut delivery.exchange),
                     routing_key: std::mem::take(&mut delivery.routing_key),
                     properties: properties_from_amqp(std::mem::take(&mut delivery.properties)),
                     body: std::mem::take(&mut delivery.body),
                     redelivered: delivery.redelivered,
-                });
+                };
+                {
+                    let mut last = self.last_read.lock();
+                    if last
+                        .as_ref()
+                        .is_none_or(|l| l.delivery_tag() < delivery.delivery_tag())
+                    {
+                        *last = Some(delivery);
+                    }
+                }
+                let _ = self.read.try_send(());
+                return Wait::Message(message);
             }
             Ok(ConsumerMessage::ServerClosedChannel(e)) => {
                 broker_error("reply queue channel closed", &e)
@@ -330,6 +359,51 @@ impl ReplySource for AmqpReplySource {
             }
         };
         Wait::Lost(lost)
+    }
+}
+
+/// How long the reply keeper gathers reads before acking them with one `multiple` ack.
+const REPLY_ACK_BATCH: Duration = Duration::from_millis(10);
+
+/// The reply keeper's loop until the source is dropped: acks what callers have read, batched,
+/// so a busy client costs the keeper one wake per batch rather than one per reply.
+///
+/// Acking the highest tag read with `multiple` also acks lower tags a caller has not read yet;
+/// those are already in this process (the consumer's receiver), so no reply can be lost with
+/// the connection once acked.
+fn keep_acking(
+    consumer: &amiquip::Consumer<'_>,
+    last_read: &Mutex<Option<amiquip::Delivery>>,
+    read: &Receiver<()>,
+    stop: &Receiver<()>,
+) {
+    loop {
+        let mut select = Select::new();
+        let stop_index = select.recv(stop);
+        select.recv(read);
+        let operation = select.select();
+        if operation.index() == stop_index {
+            let _ = operation.recv(stop);
+            break;
+        }
+        let _ = operation.recv(read);
+        let stopping = !matches!(
+            stop.recv_timeout(REPLY_ACK_BATCH),
+            Err(RecvTimeoutError::Timeout)
+        );
+        let delivery = last_read.lock().take();
+        if let Some(delivery) = delivery
+            && consumer.ack_multiple(delivery).is_err()
+        {
+            // The connection is gone; callers find out from the consumer's receiver.
+            return;
+        }
+        if stopping {
+            return;
+        }
+    }
+    if let Some(delivery) = last_read.lock().take() {
+        let _ = consumer.ack_multiple(delivery);
     }
 }
 
@@ -570,6 +644,17 @@ impl Publisher for AmqpPublisher {
     }
 
     fn publish(&mut self, message: Outgoing<'_>) -> Result<Published> {
+        self.publish_by(message, None)
+    }
+
+    fn publish_by(
+        &mut self,
+        message: Outgoing<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<Published> {
+        let started = Instant::now();
+        let caller_deadline = deadline.is_some();
+        let deadline = deadline.unwrap_or(started + CONFIRM_TIMEOUT);
         self.channel
             .basic_publish(
                 message.exchange,
@@ -585,7 +670,7 @@ impl Publisher for AmqpPublisher {
         self.seq += 1;
         let seq = self.seq;
         loop {
-            match self.confirms.recv_timeout(CONFIRM_TIMEOUT) {
+            match self.confirms.recv_deadline(deadline) {
                 Ok(Confirm::Ack(p))
                     if p.delivery_tag == seq || (p.multiple && p.delivery_tag > seq) =>
                 {
@@ -598,6 +683,13 @@ impl Publisher for AmqpPublisher {
                 }
                 // Confirms for earlier publishes (one at a time per channel, so only stale ones).
                 Ok(_) => continue,
+                // Either way the caller retires this publisher: a late confirm would put its
+                // sequence out of step.
+                Err(RecvTimeoutError::Timeout) if caller_deadline => {
+                    return Err(Error::new(crate::ErrorKind::Timeout(
+                        deadline.saturating_duration_since(started),
+                    )));
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     return Err(Error::broker(format!(
                         "no publisher confirm within {} s",

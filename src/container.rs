@@ -81,24 +81,39 @@ impl Worker {
     }
 
     /// Publishes on this worker's channel, opening it on first use and again after a failure.
+    ///
+    /// A broker failure (the connection dropped since the last publish) is retried once on a
+    /// fresh channel: the message may then arrive twice, which at-least-once delivery allows
+    /// and callers absorb (a duplicate reply is dropped by correlation id).
     pub(crate) fn publish(
         &mut self,
         runtime: &Runtime,
         message: Outgoing<'_>,
     ) -> Result<Published> {
-        let publisher = match &mut self.publisher {
-            Some(p) => p,
-            None => {
-                let mut p = self.transport.publisher()?;
-                p.declare_exchange(&runtime.rpc_exchange)?;
-                self.publisher.insert(p)
+        let mut retried = false;
+        loop {
+            let publisher = match &mut self.publisher {
+                Some(p) => p,
+                None => {
+                    let mut p = self.transport.publisher()?;
+                    p.declare_exchange(&runtime.rpc_exchange)?;
+                    self.publisher.insert(p)
+                }
+            };
+            let result = publisher.publish(message);
+            match &result {
+                Ok(_) => return result,
+                Err(e) => {
+                    if let Some(failed) = self.publisher.take() {
+                        crate::transport::retire(failed);
+                    }
+                    if retried || !matches!(e.kind(), crate::ErrorKind::Broker(_)) {
+                        return result;
+                    }
+                    retried = true;
+                }
             }
-        };
-        let result = publisher.publish(message);
-        if result.is_err() {
-            self.publisher = None;
         }
-        result
     }
 }
 
@@ -535,7 +550,9 @@ fn work(pool: &Pool, id: usize, jobs: &Receiver<Job>) {
 fn guarded(worker: &mut Worker, job: impl FnOnce(&mut Worker)) {
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(worker))).is_err() {
         log::error!("a job panicked outside its handler");
-        worker.publisher = None;
+        if let Some(publisher) = worker.publisher.take() {
+            crate::transport::retire(publisher);
+        }
     }
 }
 

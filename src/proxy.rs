@@ -27,6 +27,12 @@ use std::time::{Duration, Instant};
 /// Nameko's reply queue expiry (`RPC_REPLY_QUEUE_TTL`).
 const REPLY_QUEUE_TTL_MS: u32 = 300_000;
 
+/// How long a waiting caller keeps trying to re-establish a lost reply queue before it fails
+/// with the broker error: long enough for a broker restart, short enough not to hang.
+const RECONNECT_WINDOW: Duration = Duration::from_secs(30);
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
 type ReplySender = Sender<Result<Vec<u8>>>;
 
 /// The shared core of every RPC caller: one reply queue and a pool of publishing channels.
@@ -91,6 +97,20 @@ impl RpcClient {
         args: impl IntoArgs,
         context: &Context,
     ) -> Result<Pending> {
+        self.call_by(service, method, args, context, None)
+    }
+
+    /// [`call_async`](RpcClient::call_async), waiting for the publisher confirm until
+    /// `deadline` at most.
+    pub(crate) fn call_by(
+        self: &Arc<Self>,
+        service: &str,
+        method: &str,
+        args: impl IntoArgs,
+        context: &Context,
+        deadline: Option<Instant>,
+    ) -> Result<Pending> {
+        self.check_source()?;
         let body = serde_json::to_vec(&args.into_args()?)?;
         let correlation_id = crate::id::uuid4_string();
         let properties = Properties {
@@ -107,13 +127,16 @@ impl RpcClient {
         self.pending.lock().insert(correlation_id.clone(), tx);
         let routing_key = format!("{service}.{method}");
         let published = self.with_publisher(|publisher| {
-            publisher.publish(Outgoing {
-                exchange: &self.exchange.name,
-                routing_key: &routing_key,
-                properties: &properties,
-                body: &body,
-                mandatory: true,
-            })
+            publisher.publish_by(
+                Outgoing {
+                    exchange: &self.exchange.name,
+                    routing_key: &routing_key,
+                    properties: &properties,
+                    body: &body,
+                    mandatory: true,
+                },
+                deadline,
+            )
         });
         match published {
             Ok(Published::Confirmed) => Ok(Pending {
@@ -132,22 +155,60 @@ impl RpcClient {
         }
     }
 
-    fn with_publisher<T>(&self, f: impl FnOnce(&mut dyn Publisher) -> Result<T>) -> Result<T> {
-        let pooled = self.publishers.lock().pop();
-        let mut publisher = match pooled {
-            Some(p) => p,
-            None => {
-                let mut p = self.transport.publisher()?;
-                p.declare_exchange(&self.exchange)?;
-                p
+    /// Runs `f` on a pooled publishing channel. A broker failure (the connection dropped while
+    /// the channel sat in the pool) is retried once on a fresh channel: the request may then
+    /// go out twice, and the second reply is dropped by correlation id.
+    fn with_publisher<T>(&self, mut f: impl FnMut(&mut dyn Publisher) -> Result<T>) -> Result<T> {
+        let mut retried = false;
+        loop {
+            let pooled = self.publishers.lock().pop();
+            let mut publisher = match pooled {
+                Some(p) => p,
+                None => {
+                    let mut p = self.transport.publisher()?;
+                    p.declare_exchange(&self.exchange)?;
+                    p
+                }
+            };
+            let result = f(publisher.as_mut());
+            match &result {
+                // A channel that failed may be broken; only healthy ones go back to the pool.
+                Ok(_) => {
+                    self.publishers.lock().push(publisher);
+                    return result;
+                }
+                Err(e) if !retried && matches!(e.kind(), ErrorKind::Broker(_)) => {
+                    crate::transport::retire(publisher);
+                    // Every pooled channel shares the dead connection: close them all.
+                    for stale in std::mem::take(&mut *self.publishers.lock()) {
+                        crate::transport::retire(stale);
+                    }
+                    retried = true;
+                }
+                Err(_) => {
+                    crate::transport::retire(publisher);
+                    return result;
+                }
             }
-        };
-        let result = f(publisher.as_mut());
-        // A channel that failed may be broken; only healthy ones go back to the pool.
-        if result.is_ok() {
-            self.publishers.lock().push(publisher);
         }
-        result
+    }
+
+    /// Makes sure the reply queue is consumed before a request goes out: a connection lost
+    /// while nobody was waiting is noticed here (one non-blocking look at the queue) rather than
+    /// by the next caller after its request has gone, and the consumer is re-established.
+    /// Replies found on the way are handed to their callers.
+    fn check_source(&self) -> Result<()> {
+        let never = crossbeam_channel::never();
+        loop {
+            let source = self.source()?;
+            match source.wait(&never, Some(Instant::now())) {
+                Wait::Timeout | Wait::Own(_) => return Ok(()),
+                Wait::Message(message) => {
+                    self.forward(message.properties.correlation_id.as_deref(), message.body)
+                }
+                Wait::Lost(error) => self.lost(&source, &error),
+            }
+        }
     }
 
     /// The reply queue consumer, re-established after a loss.
@@ -161,9 +222,9 @@ impl RpcClient {
         Ok(source)
     }
 
-    /// The consumer `source` lost its connection: every call waiting is failed (its reply may
-    /// still come after a reconnect, and is then dropped as unknown), and the next waiter
-    /// reconnects.
+    /// The consumer `source` lost its connection: the next waiter re-establishes it. Waiting
+    /// calls keep waiting: the reply queue is durable, and a reply that was not yet read when
+    /// the connection went was not acked, so it is redelivered to the new consumer.
     fn lost(&self, source: &Arc<dyn ReplySource>, error: &Error) {
         let dead = {
             let mut slot = self.source.lock();
@@ -173,14 +234,10 @@ impl RpcClient {
             }
         };
         if dead.is_some() {
-            log::warn!("reply queue {} lost: {error}", self.queue.name);
-        }
-        drop(dead);
-        let waiting: Vec<ReplySender> = self.pending.lock().drain().map(|(_, tx)| tx).collect();
-        for tx in waiting {
-            let _ = tx.try_send(Err(Error::broker(format!(
-                "connection lost while waiting for a reply: {error}"
-            ))));
+            log::warn!(
+                "reply queue {} lost: {error}; reconnecting",
+                self.queue.name
+            );
         }
     }
 
@@ -234,7 +291,17 @@ impl Pending {
 
     /// Blocks until the reply arrives or `timeout` passes ([`ErrorKind::Timeout`]).
     pub fn wait_timeout<R: DeserializeOwned>(self, timeout: Duration) -> Result<R> {
-        match Instant::now().checked_add(timeout) {
+        let deadline = Instant::now().checked_add(timeout);
+        self.wait_until(timeout, deadline)
+    }
+
+    /// Waits until `deadline` (none: forever); a timeout reports `timeout` as the limit.
+    fn wait_until<R: DeserializeOwned>(
+        self,
+        timeout: Duration,
+        deadline: Option<Instant>,
+    ) -> Result<R> {
+        match deadline {
             Some(deadline) => match self.receive(Some(deadline)) {
                 Some(reply) => parse_reply(reply),
                 None => Err(Error::new(ErrorKind::Timeout(timeout))),
@@ -250,13 +317,38 @@ impl Pending {
 
     /// The reply (or the failure that ended the wait), or `None` once `deadline` passed.
     fn receive(&self, deadline: Option<Instant>) -> Option<Result<Vec<u8>>> {
+        let mut reconnecting: Option<(Instant, Duration)> = None;
         loop {
             if let Ok(reply) = self.rx.try_recv() {
                 return Some(reply);
             }
             let source = match self.client.source() {
-                Ok(source) => source,
-                Err(e) => return Some(Err(e)),
+                Ok(source) => {
+                    reconnecting = None;
+                    source
+                }
+                Err(e) => {
+                    // The broker is away: retry with backoff while the deadline and the
+                    // reconnect window allow, then give up with the reason.
+                    let (since, backoff) = reconnecting.unwrap_or((Instant::now(), RETRY_FIRST));
+                    if since.elapsed() >= RECONNECT_WINDOW {
+                        return Some(Err(Error::broker(format!(
+                            "lost the reply queue and could not reconnect within {} s: {e}",
+                            RECONNECT_WINDOW.as_secs()
+                        ))));
+                    }
+                    let pause = match deadline {
+                        Some(d) => backoff.min(d.saturating_duration_since(Instant::now())),
+                        None => backoff,
+                    };
+                    match self.rx.recv_timeout(pause) {
+                        Ok(reply) => return Some(reply),
+                        Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => return None,
+                        Err(_) => {}
+                    }
+                    reconnecting = Some((since, (backoff * 2).min(RETRY_MAX)));
+                    continue;
+                }
             };
             match source.wait(&self.rx, deadline) {
                 Wait::Own(reply) => return Some(reply),
@@ -318,10 +410,9 @@ impl ServiceProxy {
     /// Calls `method` and waits for its result, as long as the proxy's default timeout allows
     /// (no limit unless set).
     pub fn call<R: DeserializeOwned>(&self, method: &str, args: impl IntoArgs) -> Result<R> {
-        let pending = self.call_async(method, args)?;
         match self.timeout {
-            Some(timeout) => pending.wait_timeout(timeout),
-            None => pending.wait(),
+            Some(timeout) => self.call_timeout(method, args, timeout),
+            None => self.call_async(method, args)?.wait(),
         }
     }
 
@@ -332,7 +423,10 @@ impl ServiceProxy {
         args: impl IntoArgs,
         timeout: Duration,
     ) -> Result<R> {
-        self.call_async(method, args)?.wait_timeout(timeout)
+        let deadline = Instant::now().checked_add(timeout);
+        self.client
+            .call_by(&self.target, method, args, &self.context, deadline)?
+            .wait_until(timeout, deadline)
     }
 
     /// Sends the call and returns at once with a handle to its reply.
@@ -505,10 +599,9 @@ impl ClusterRpcProxy {
         method: &str,
         args: impl IntoArgs,
     ) -> Result<R> {
-        let pending = self.call_async(service, method, args)?;
         match self.timeout {
-            Some(timeout) => pending.wait_timeout(timeout),
-            None => pending.wait(),
+            Some(timeout) => self.call_timeout(service, method, args, timeout),
+            None => self.call_async(service, method, args)?.wait(),
         }
     }
 
@@ -520,8 +613,10 @@ impl ClusterRpcProxy {
         args: impl IntoArgs,
         timeout: Duration,
     ) -> Result<R> {
-        self.call_async(service, method, args)?
-            .wait_timeout(timeout)
+        let deadline = Instant::now().checked_add(timeout);
+        self.client
+            .call_by(service, method, args, &self.context, deadline)?
+            .wait_until(timeout, deadline)
     }
 
     /// Sends the call and returns at once with a handle to its reply.

@@ -150,6 +150,30 @@ pub trait Publisher: Send {
     fn declare_exchange(&mut self, exchange: &ExchangeSpec) -> Result<()>;
     /// Publishes and waits for the broker's confirm.
     fn publish(&mut self, message: Outgoing<'_>) -> Result<Published>;
+
+    /// Publishes and waits for the broker's confirm until `deadline` at most: a caller with a
+    /// timeout is not held longer by a stalled broker. A confirm that misses the deadline is a
+    /// [`Timeout`](crate::ErrorKind::Timeout) error, and the message may still have been routed.
+    fn publish_by(
+        &mut self,
+        message: Outgoing<'_>,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Published> {
+        let _ = deadline;
+        self.publish(message)
+    }
+}
+
+/// Closes a publisher that failed, off the caller's thread: closing a channel waits for the
+/// broker's answer, which a stalled connection never sends, and a caller with a deadline must
+/// not be held by it.
+pub(crate) fn retire(publisher: Box<dyn Publisher>) {
+    let spawned = std::thread::Builder::new()
+        .name("enoki-retire".into())
+        .spawn(move || drop(publisher));
+    if let Err(e) = spawned {
+        log::warn!("cannot spawn a thread to close a failed channel: {e}");
+    }
 }
 
 /// How a consumed message is settled.

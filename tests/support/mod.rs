@@ -3,6 +3,8 @@
 //! `amqp://guest:guest@localhost:5672/enoki_test`, which `scripts/provision` creates).
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod proxy;
+
 use amiquip::{
     AmqpProperties, AmqpValue, Auth, Channel, Connection, ConnectionOptions, ConnectionTuning,
     ExchangeDeclareOptions, ExchangeType, FieldTable, Publish, QueueDeclareOptions,
