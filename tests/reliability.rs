@@ -78,7 +78,7 @@ fn service_serves_again_after_its_connections_are_cut() {
         &mut cleanup,
     );
     let cluster = client(&support::config(), &mut cleanup);
-    assert_eq!(until_served(&cluster, &name) < RECOVERY, true);
+    assert!(until_served(&cluster, &name) < RECOVERY);
     let before = proxy.accepted();
 
     for round in 0..3 {
@@ -126,7 +126,7 @@ fn a_call_in_flight_during_a_cut_is_answered_once() {
     assert_eq!(reply, 300);
     let runs = calls.load(Ordering::SeqCst);
     assert!((1..=2).contains(&runs), "ran {runs} times");
-    assert_eq!(until_served(&cluster, &name) < RECOVERY, true);
+    assert!(until_served(&cluster, &name) < RECOVERY);
 }
 
 #[test]
