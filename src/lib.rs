@@ -71,13 +71,14 @@ mod entrypoint;
 mod error;
 mod id;
 pub mod logger;
+mod memory;
 mod proxy;
 mod rpc;
 mod service;
 pub mod transport;
 
 pub use args::{Args, FromArgs, IntoArgs};
-pub use config::{AmqpUri, Config};
+pub use config::{AmqpUri, BrokerUri, Config};
 pub use container::{Container, Runner};
 pub use context::WorkerContext;
 pub use dependency::{ContainerInfo, Dependency};
