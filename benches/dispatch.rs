@@ -14,6 +14,11 @@
 //! - `memory:// round trip, 8 in flight`: 8 threads share one client and call at once; ns per
 //!   call is wall time over calls (the inverse of throughput), the percentiles are per call.
 //!
+//! - `floor: crossbeam ping-pong`: a thread sends a message to another over a crossbeam channel
+//!   and waits for the answer on a second one: the two thread wake-ups every in-process round
+//!   trip needs (caller to worker, worker to caller), and nothing else. On a loaded machine they
+//!   dominate; the gap between this row and the serial round trip is enoki's own work.
+//!
 //! Every figure is the best of the rounds (`ENOKI_BENCH_ROUNDS`, default 3) for that statistic.
 
 use enoki::{ClusterRpcProxy, Config, Container, Service};
@@ -93,6 +98,33 @@ fn in_flight(cluster: &ClusterRpcProxy, calls: usize) -> Stats {
     Stats::from(latencies, started.elapsed())
 }
 
+/// Two threads passing a message back and forth: the wake-ups a round trip cannot avoid.
+fn ping_pong(calls: usize) -> Stats {
+    let (to_server, requests) = crossbeam_channel::bounded::<Vec<u8>>(1);
+    let (to_client, replies) = crossbeam_channel::bounded::<Vec<u8>>(1);
+    let server = std::thread::spawn(move || {
+        for request in requests {
+            if to_client.send(request).is_err() {
+                return;
+            }
+        }
+    });
+    let started = Instant::now();
+    let latencies: Vec<u64> = (0..calls)
+        .map(|_| {
+            let sent = Instant::now();
+            to_server.send(b"hello".to_vec()).expect("the server runs");
+            let back = replies.recv().expect("the server answers");
+            assert_eq!(back, b"hello");
+            sent.elapsed().as_nanos() as u64
+        })
+        .collect();
+    let wall = started.elapsed();
+    drop(to_server);
+    server.join().expect("the ping-pong server ends");
+    Stats::from(latencies, wall)
+}
+
 fn main() {
     enoki::logger::init();
     let calls = env_usize("ENOKI_BENCH_CALLS", DEFAULT_CALLS);
@@ -108,10 +140,15 @@ fn main() {
 
     // The broker-free path (one call through a worker, hooks included, via enoki::testing)
     // lands here with the testing helpers: measure it per round and add its row below.
+    let mut floor: Option<Stats> = None;
     let mut memory_serial: Option<Stats> = None;
     let mut memory_flight: Option<Stats> = None;
     for round in 1..=rounds {
-        eprintln!("round {round}/{rounds}: {calls} calls serial, then {IN_FLIGHT} in flight");
+        eprintln!(
+            "round {round}/{rounds}: floor, {calls} calls serial, then {IN_FLIGHT} in flight"
+        );
+        let p = ping_pong(calls);
+        floor = Some(floor.map_or(p, |b| b.best(p)));
         let s = serial(&cluster, calls);
         memory_serial = Some(memory_serial.map_or(s, |b| b.best(s)));
         let f = in_flight(&cluster, calls);
@@ -136,6 +173,7 @@ fn main() {
         ),
         None => println!("{name:<36} {:>12}", "-"),
     };
+    row("floor: crossbeam ping-pong", floor);
     row("worker, no broker (enoki::testing)", None);
     row("memory:// round trip, serial", memory_serial);
     row(
