@@ -298,6 +298,14 @@ impl Broker {
 
     /// Declares `spec` (owned by session `owner` if exclusive) and its bindings.
     pub(crate) fn declare_queue(&self, spec: &QueueSpec, owner: u64) -> Result<Arc<Queue>> {
+        if !spec.durable && !spec.exclusive {
+            // As RabbitMQ 4.3 does: a service that runs here must also run there.
+            return Err(precondition(format!(
+                "queue '{}': transient non-exclusive queues are not supported; declare it \
+                 durable or exclusive",
+                spec.name
+            )));
+        }
         let now = Instant::now();
         let mut topology = self.topology.write();
         let expired: Vec<Arc<Queue>> = topology
@@ -731,6 +739,12 @@ mod tests {
         broker.close(&queue, b.id, 1);
         assert_eq!(broker.ready_count("auto"), None);
 
+        let mut transient = QueueSpec::durable("transient");
+        transient.durable = false;
+        assert!(
+            broker.declare_queue(&transient, 1).is_err(),
+            "RabbitMQ 4.3 refuses it"
+        );
         broker.declare_queue(&QueueSpec::durable("d"), 1).unwrap();
         let mut changed = QueueSpec::durable("d");
         changed.auto_delete = true;

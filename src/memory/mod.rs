@@ -295,3 +295,200 @@ impl Publisher for MemoryPublisher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::{Properties, QueueSpec};
+    use crossbeam_channel::Sender;
+    use std::time::Duration;
+
+    struct Ready(Sender<Arc<dyn DeliverySource>>);
+
+    impl Sink for Ready {
+        fn ready(&mut self, source: Arc<dyn DeliverySource>) {
+            let _ = self.0.send(source);
+        }
+    }
+
+    /// Runs `consume` on a thread; returns the source, the control sender and the thread.
+    fn consume(
+        transport: &Arc<MemoryTransport>,
+        spec: ConsumeSpec,
+    ) -> (
+        Arc<dyn DeliverySource>,
+        Sender<Control>,
+        std::thread::JoinHandle<Result<()>>,
+    ) {
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let (control_tx, control_rx) = crossbeam_channel::unbounded();
+        let transport = transport.clone();
+        let thread =
+            std::thread::spawn(move || transport.consume(&spec, &mut Ready(ready_tx), &control_rx));
+        let source = ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("ready");
+        (source, control_tx, thread)
+    }
+
+    fn next(source: &Arc<dyn DeliverySource>) -> Option<Delivery> {
+        let mut select = Select::new();
+        source.register(0, &mut select);
+        let op = select
+            .select_timeout(Duration::from_secs(5))
+            .expect("a delivery or the end");
+        match source.complete(0, op) {
+            Received::Delivery(d) => Some(d),
+            Received::Ended => None,
+        }
+    }
+
+    fn publish(transport: &MemoryTransport, body: &str) -> Published {
+        let mut publisher = transport.publisher().unwrap();
+        publisher
+            .publish(Outgoing {
+                exchange: "",
+                routing_key: "jobs",
+                properties: &Properties::default(),
+                body: body.as_bytes(),
+                mandatory: true,
+            })
+            .unwrap()
+    }
+
+    fn text(d: &Delivery) -> &str {
+        std::str::from_utf8(&d.message.body).unwrap()
+    }
+
+    #[test]
+    fn the_consume_contract_holds() {
+        let transport = Arc::new(MemoryTransport::new("unit-consume-contract"));
+        let spec = ConsumeSpec {
+            queues: vec![QueueSpec::durable("jobs")],
+            prefetch: 2,
+        };
+        let (source, control, thread) = consume(&transport, spec.clone());
+        for body in ["1", "2", "3"] {
+            assert_eq!(publish(&transport, body), Published::Confirmed);
+        }
+        let first = next(&source).unwrap();
+        assert_eq!((text(&first), first.message.redelivered), ("1", false));
+        // Dropping the acker requeues: it comes back marked redelivered, at the head of the
+        // queue, so right after "2", which prefetch had already handed over.
+        drop(first);
+        let second = next(&source).unwrap();
+        let again = next(&source).unwrap();
+        assert_eq!((text(&second), second.message.redelivered), ("2", false));
+        assert_eq!((text(&again), again.message.redelivered), ("1", true));
+        again.acker.ack();
+        second.acker.reject(false);
+        let third = next(&source).unwrap();
+        assert_eq!(text(&third), "3");
+
+        // Stop: nothing new arrives, what is held can still be settled, the queue ends.
+        control.send(Control::Stop).unwrap();
+        assert!(next(&source).is_none());
+        assert_eq!(
+            publish(&transport, "4"),
+            Published::Confirmed,
+            "the queue stays"
+        );
+        third.acker.ack();
+        control.send(Control::Finish).unwrap();
+        thread.join().unwrap().unwrap();
+
+        // A killed consumer gives back what it had not acked; its late acks count for nothing.
+        let (source, control, thread) = consume(&transport, spec);
+        let four = next(&source).unwrap();
+        assert_eq!(text(&four), "4");
+        control.send(Control::Kill).unwrap();
+        thread.join().unwrap().unwrap();
+        four.acker.ack();
+        let (source, control, thread) = consume(
+            &transport,
+            ConsumeSpec {
+                queues: vec![QueueSpec::durable("jobs")],
+                prefetch: 2,
+            },
+        );
+        let redelivered = next(&source).unwrap();
+        assert_eq!(
+            (text(&redelivered), redelivered.message.redelivered),
+            ("4", true)
+        );
+        redelivered.acker.ack();
+        control.send(Control::Kill).unwrap();
+        thread.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn mandatory_publishes_nobody_takes_are_returned() {
+        let transport = MemoryTransport::new("unit-returns");
+        let mut publisher = transport.publisher().unwrap();
+        let exchange = ExchangeSpec::topic("rpc");
+        publisher.declare_exchange(&exchange).unwrap();
+        let properties = Properties::default();
+        let outgoing = |mandatory| Outgoing {
+            exchange: "rpc",
+            routing_key: "nobody.method",
+            properties: &properties,
+            body: b"{}",
+            mandatory,
+        };
+        assert_eq!(
+            publisher.publish(outgoing(true)).unwrap(),
+            Published::Returned
+        );
+        assert_eq!(
+            publisher.publish(outgoing(false)).unwrap(),
+            Published::Confirmed
+        );
+        let mut other = ExchangeSpec::topic("rpc");
+        other.kind = crate::transport::ExchangeKind::Fanout;
+        assert!(
+            transport
+                .publisher()
+                .unwrap()
+                .declare_exchange(&other)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn replies_reach_the_reply_source_and_transports_share_a_broker() {
+        let client = MemoryTransport::new("unit-replies");
+        let server = MemoryTransport::new("unit-replies");
+        let exchange = ExchangeSpec::topic("rpc");
+        let mut queue = QueueSpec::durable("rpc.reply-x").bind(exchange.clone(), "uuid-1");
+        queue.expires_ms = Some(300_000);
+        let source = client.reply_source(&queue).unwrap();
+        let mut publisher = server.publisher().unwrap();
+        publisher.declare_exchange(&exchange).unwrap();
+        let properties = Properties {
+            correlation_id: Some("c1".into()),
+            ..Properties::default()
+        };
+        let published = publisher
+            .publish(Outgoing {
+                exchange: "rpc",
+                routing_key: "uuid-1",
+                properties: &properties,
+                body: b"reply",
+                mandatory: false,
+            })
+            .unwrap();
+        assert_eq!(published, Published::Confirmed);
+        let (_own_tx, own) = crossbeam_channel::bounded(1);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        match source.wait(&own, Some(deadline)) {
+            Wait::Message(m) => {
+                assert_eq!(m.body, b"reply");
+                assert_eq!(m.properties.correlation_id.as_deref(), Some("c1"));
+                assert_eq!(m.routing_key, "uuid-1");
+            }
+            other => panic!("expected the reply, got {other:?}"),
+        }
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert!(matches!(source.wait(&own, Some(soon)), Wait::Timeout));
+    }
+}
