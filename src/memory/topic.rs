@@ -60,9 +60,17 @@ impl Pattern {
         // reach[i]: the first i pattern words can match the key words read so far. One row of
         // the usual table, updated per key word: linear space, no backtracking blow-up.
         let n = self.words.len();
-        let mut reach = vec![false; n + 1];
+        // Binding keys are short: no allocation on the publish path for the usual ones.
+        let mut stack = [false; 16];
+        let mut heap = Vec::new();
+        let reach: &mut [bool] = if n < stack.len() {
+            &mut stack[..=n]
+        } else {
+            heap.resize(n + 1, false);
+            &mut heap
+        };
         reach[0] = true;
-        close_over_any(&self.words, &mut reach);
+        close_over_any(&self.words, reach);
         for word in words(key) {
             // Right to left, so each cell still sees the previous row's left neighbour.
             for i in (0..n).rev() {
@@ -75,7 +83,7 @@ impl Pattern {
                 reach[i + 1] = next;
             }
             reach[0] = false;
-            close_over_any(&self.words, &mut reach);
+            close_over_any(&self.words, reach);
             if !reach.contains(&true) {
                 return false;
             }
@@ -169,6 +177,17 @@ mod tests {
         let key = vec!["a"; 200].join(".");
         assert!(!m(binding, &key));
         assert!(m(binding, &format!("{key}.b")));
+    }
+
+    #[test]
+    fn long_binding_keys_match_too() {
+        let words: Vec<String> = (0..40).map(|i| format!("w{i}")).collect();
+        let key = words.join(".");
+        let mut binding = words.clone();
+        binding[3] = "*".into();
+        binding[30] = "#".into();
+        assert!(m(&binding.join("."), &key));
+        assert!(!m(&binding.join("."), &key.replace("w39", "x")));
     }
 
     #[test]
