@@ -16,8 +16,10 @@
 //!
 //! - `floor: crossbeam ping-pong`: a thread sends a message to another over a crossbeam channel
 //!   and waits for the answer on a second one: the two thread wake-ups every in-process round
-//!   trip needs (caller to worker, worker to caller), and nothing else. On a loaded machine they
-//!   dominate; the gap between this row and the serial round trip is enoki's own work.
+//!   trip needs (caller to worker, worker to caller), and nothing else. With no work between
+//!   send and answer, crossbeam's spin before parking often catches the answer, so this is a
+//!   best case: a round trip that does real work parks both threads, and each wake-up then costs
+//!   a futex wake and a reschedule (several microseconds, far more on a loaded machine).
 //!
 //! Every figure is the best of the rounds (`ENOKI_BENCH_ROUNDS`, default 3) for that statistic.
 
