@@ -1,14 +1,19 @@
 //! The `echo` service: the fixed target of the benches and the interop tests.
 //!
 //! ```text
-//! cargo run --example echo            # serves until Ctrl-C
-//! cargo run --bin enoki -- call echo.add '[1, 2]'
+//! cargo run --example echo            # no AMQP_URI: in-process memory:// broker, calls itself
+//! AMQP_URI=amqp://guest:guest@localhost:5672/ cargo run --example echo   # on RabbitMQ
+//! cargo run --bin enoki -- call echo.add '[1, 2]'                        # (RabbitMQ only)
 //! ```
+//!
+//! Serves until Ctrl-C. Without `AMQP_URI` (in the environment or an `ENOKI_CONFIG` file) it
+//! runs on the in-process `memory://` broker, which nothing outside the process can reach, so
+//! it also calls `echo.add(1, 2)` through a `ClusterRpcProxy` of its own to show the round trip.
 //!
 //! RPC methods: `echo(value)` returns `value` unchanged; `add(a, b)` returns `a + b`;
 //! `fail(message)` raises `ValueError(message)`; `sleep(ms)` sleeps, then returns `ms`.
 
-use enoki::{Config, RemoteError, Runner, Service};
+use enoki::{ClusterRpcProxy, Config, ErrorKind, RemoteError, Runner, Service};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -49,9 +54,39 @@ fn add(a: &Value, b: &Value) -> enoki::Result<Value> {
     }
 }
 
+/// Calls `echo.add(1, 2)` from inside the process once the service is up: the client a
+/// `memory://` run cannot have outside.
+fn call_in_process(config: Config, service: String) {
+    std::thread::spawn(move || {
+        let called = ClusterRpcProxy::new(&config).and_then(|cluster| {
+            loop {
+                match cluster.call_timeout::<Value>(&service, "add", (1, 2), Duration::from_secs(5))
+                {
+                    // Not consuming yet: the runner is still starting.
+                    Err(e) if matches!(e.kind(), ErrorKind::UnknownService(_)) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    other => break other,
+                }
+            }
+        });
+        match called {
+            Ok(sum) => log::info!("in-process client: {service}.add(1, 2) = {sum}"),
+            Err(e) => log::error!("in-process client failed: {e}"),
+        }
+    });
+}
+
 fn main() -> enoki::Result<()> {
     enoki::logger::init();
-    let config = Config::from_env()?;
-    log::info!("echo: connecting to {}", config.amqp()?);
-    Runner::new(config).service(echo_service()).run()
+    let mut config = Config::from_env()?;
+    let service = echo_service();
+    if std::env::var_os("AMQP_URI").is_none() && config.uri() == Config::new().uri() {
+        log::info!("AMQP_URI is unset: running on the in-process memory:// broker");
+        config = config.amqp_uri("memory://");
+        call_in_process(config.clone(), service.name().to_owned());
+    } else {
+        log::info!("connecting to {}", config.broker()?);
+    }
+    Runner::new(config).service(service).run()
 }

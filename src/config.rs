@@ -104,15 +104,87 @@ fn bracketed_host(host: &str) -> String {
     }
 }
 
+/// The broker an `AMQP_URI` names: a RabbitMQ, or the in-process broker.
+///
+/// ```
+/// use enoki::config::BrokerUri;
+///
+/// assert_eq!(BrokerUri::parse("memory://").unwrap(), BrokerUri::Memory(String::new()));
+/// assert_eq!(BrokerUri::parse("memory://tests").unwrap().to_string(), "memory://tests");
+/// let amqp = BrokerUri::parse("amqp://app:secret@rabbit:5672/prod").unwrap();
+/// assert_eq!(amqp.to_string(), "amqp://app:***@rabbit:5672/prod");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BrokerUri {
+    /// RabbitMQ over AMQP 0-9-1 (`amqp://` or `pyamqp://`).
+    Amqp(AmqpUri),
+    /// The in-process broker of this name: `memory://` is the one named `""`, `memory://<name>`
+    /// another one, isolated from it. Every service of the process on the same name shares it.
+    Memory(String),
+}
+
+impl BrokerUri {
+    /// Parses an `AMQP_URI`: `memory://` and `memory://<name>` (a name of letters, digits, `.`,
+    /// `_` and `-`) name an in-process broker; anything else is read by [`AmqpUri::parse`].
+    pub fn parse(uri: &str) -> Result<BrokerUri> {
+        parse_broker_uri(uri).map_err(|msg| Error::config(format!("invalid AMQP URI: {msg}")))
+    }
+
+    /// True for an in-process `memory://` broker.
+    pub fn is_memory(&self) -> bool {
+        matches!(self, BrokerUri::Memory(_))
+    }
+}
+
+impl fmt::Display for BrokerUri {
+    /// The URI with any password masked.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BrokerUri::Amqp(uri) => uri.fmt(f),
+            BrokerUri::Memory(name) => write!(f, "{MEMORY_SCHEME}://{name}"),
+        }
+    }
+}
+
+const MEMORY_SCHEME: &str = "memory";
+
+fn parse_broker_uri(uri: &str) -> std::result::Result<BrokerUri, String> {
+    let trimmed = uri.trim();
+    match trimmed.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case(MEMORY_SCHEME) => {
+            let name = rest.strip_suffix('/').unwrap_or(rest);
+            if name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            {
+                Ok(BrokerUri::Memory(name.to_owned()))
+            } else {
+                // The rest is not echoed: it could be a mistyped AMQP URI with a password.
+                Err(
+                    "an in-process broker URI is `memory://` or `memory://<name>`, the name made \
+                     of letters, digits, `.`, `_` and `-`"
+                        .to_owned(),
+                )
+            }
+        }
+        _ => parse_uri(uri).map(BrokerUri::Amqp),
+    }
+}
+
 /// The parser behind [`AmqpUri::parse`]; errors are bare messages so callers can add context.
 fn parse_uri(uri: &str) -> std::result::Result<AmqpUri, String> {
-    const EXPECTED: &str = "it must start with `amqp://` or `pyamqp://`";
+    const EXPECTED: &str = "it must start with `amqp://` or `pyamqp://` (or `memory://` for the \
+                            in-process broker)";
     let uri = uri.trim();
     let Some((scheme, rest)) = uri.split_once("://") else {
         return Err(EXPECTED.to_owned());
     };
     match scheme.to_ascii_lowercase().as_str() {
         "amqp" | "pyamqp" => {}
+        MEMORY_SCHEME => {
+            return Err("`memory://` names the in-process broker, not an AMQP one".to_owned());
+        }
         "amqps" => {
             return Err(
                 "TLS (`amqps://`) is not supported; use `amqp://`, for instance \
@@ -364,7 +436,7 @@ impl Key {
 ///
 /// | key | default |
 /// |---|---|
-/// | `AMQP_URI` | `amqp://guest:guest@localhost:5672/` |
+/// | `AMQP_URI` | `amqp://guest:guest@localhost:5672/` (`memory://` is the in-process broker) |
 /// | `max_workers` | 10 (0 also means 10) |
 /// | `parent_calls_tracked` | 10 |
 /// | `rpc_exchange` | `nameko-rpc` |
@@ -524,9 +596,10 @@ impl Config {
         Ok(config)
     }
 
-    /// Sets the broker URI. Default: `amqp://guest:guest@localhost:5672/`.
+    /// Sets the broker URI: `amqp://...` for RabbitMQ, `memory://` (or `memory://<name>`) for
+    /// the in-process broker. Default: `amqp://guest:guest@localhost:5672/`.
     ///
-    /// Not checked here; [`Config::amqp`] reports a malformed URI.
+    /// Not checked here; [`Config::broker`] reports a malformed URI.
     pub fn amqp_uri(mut self, uri: impl Into<String>) -> Config {
         self.store_amqp_uri(uri.into());
         self
@@ -635,9 +708,15 @@ impl Config {
         }
     }
 
-    /// The parsed broker URI; fails with a configuration error if `AMQP_URI` is malformed.
+    /// The parsed AMQP broker URI; fails with a configuration error if `AMQP_URI` is malformed
+    /// or names the in-process broker (see [`Config::broker`]).
     pub fn amqp(&self) -> Result<AmqpUri> {
         AmqpUri::parse(&self.amqp_uri)
+    }
+
+    /// The broker `AMQP_URI` names: RabbitMQ, or the in-process `memory://` broker.
+    pub fn broker(&self) -> Result<BrokerUri> {
+        BrokerUri::parse(&self.amqp_uri)
     }
 
     /// Every key as a JSON object, with the AMQP password (and the password of any other
@@ -675,7 +754,7 @@ impl Config {
         match key {
             Key::AmqpUri => {
                 let uri = text_value(&value, context)?;
-                parse_uri(&uri)
+                parse_broker_uri(&uri)
                     .map_err(|msg| Error::config(format!("{context}: invalid AMQP URI: {msg}")))?;
                 self.store_amqp_uri(uri);
             }
@@ -1598,5 +1677,55 @@ mod tests {
             json_err(r#"{"other": ["${OPEN"]}"#),
             "config: key `other`: unterminated `${`: the closing `}` is missing"
         );
+    }
+
+    // --- memory:// ---
+
+    #[test]
+    fn memory_uris_name_in_process_brokers() {
+        let memory = |uri: &str| BrokerUri::parse(uri).unwrap();
+        assert_eq!(memory("memory://"), BrokerUri::Memory(String::new()));
+        assert_eq!(memory("MEMORY://"), BrokerUri::Memory(String::new()));
+        assert_eq!(memory("memory:///"), BrokerUri::Memory(String::new()));
+        assert_eq!(
+            memory(" memory://t-1.a_b/ "),
+            BrokerUri::Memory("t-1.a_b".into())
+        );
+        assert_eq!(memory("memory://tests").to_string(), "memory://tests");
+        assert!(memory("memory://").is_memory());
+        assert!(!memory("amqp://localhost").is_memory());
+        let BrokerUri::Amqp(amqp) = memory("amqp://u:secret@h/v") else {
+            panic!("amqp");
+        };
+        assert_eq!(amqp.vhost, "v");
+        assert_eq!(
+            memory("amqp://u:secret@h/v").to_string(),
+            "amqp://u:***@h:5672/v"
+        );
+        for bad in ["memory://a/b", "memory://u:secret@host", "memory://a?x=1"] {
+            let msg = config_message(BrokerUri::parse(bad).unwrap_err());
+            assert!(msg.contains("`memory://<name>`"), "{msg}");
+            assert!(!msg.contains("secret"), "{msg}");
+        }
+        let msg = uri_err("memory://");
+        assert!(msg.contains("in-process broker"), "{msg}");
+    }
+
+    #[test]
+    fn config_accepts_memory_uris_and_keeps_masking() {
+        let config = Config::from_env_with(env(&[("AMQP_URI", "memory://mine")])).unwrap();
+        assert_eq!(config.broker().unwrap(), BrokerUri::Memory("mine".into()));
+        assert!(config.amqp().is_err());
+        assert_eq!(config.masked()["AMQP_URI"], "memory://mine");
+        let err = Config::from_env_with(env(&[("AMQP_URI", "memory://x:pw@y")])).unwrap_err();
+        let msg = config_message(err);
+        assert!(msg.contains("invalid AMQP URI"), "{msg}");
+        assert!(!msg.contains("pw"), "{msg}");
+        let config = Config::new().amqp_uri("amqp://u:pw@h/");
+        assert_eq!(
+            config.broker().unwrap().to_string(),
+            "amqp://u:***@h:5672/%2F"
+        );
+        assert_eq!(config.masked()["AMQP_URI"], "amqp://u:***@h/");
     }
 }

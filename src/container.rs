@@ -9,8 +9,10 @@
 //! acks back to the consumer thread, which owns the channel they must go through.
 
 use crate::amqp::AmqpTransport;
+use crate::config::BrokerUri;
 use crate::dependency::{ContainerInfo, NamedDependency};
 use crate::entrypoint::Entrypoint;
+use crate::memory::MemoryTransport;
 use crate::proxy::RpcClient;
 use crate::rpc::RpcEntrypoint;
 use crate::service::Service;
@@ -29,10 +31,13 @@ use std::time::Duration;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Builds the transport `config` names.
+/// Builds the transport `config` names: RabbitMQ, or the process's in-process broker of that
+/// name (shared by every transport built on it).
 pub(crate) fn transport_for(config: &Config) -> Result<SharedTransport> {
-    let uri = config.amqp()?;
-    Ok(Arc::new(AmqpTransport::new(uri, config.heartbeat_secs())))
+    Ok(match config.broker()? {
+        BrokerUri::Amqp(uri) => Arc::new(AmqpTransport::new(uri, config.heartbeat_secs())),
+        BrokerUri::Memory(name) => Arc::new(MemoryTransport::new(&name)),
+    })
 }
 
 /// What every worker of one container shares.

@@ -30,6 +30,11 @@
 //! # }
 //! ```
 //!
+//! With `AMQP_URI=memory://` the same services run on an in-process broker (RabbitMQ's routing,
+//! queue, prefetch and ack semantics, no persistence, nothing outside the process): every
+//! container and client of the process on that URI shares it, so services can start as one
+//! binary and be split out later by changing the URI. `memory://<name>` is an isolated one.
+//!
 //! ## Threads, queues and backpressure
 //!
 //! A container owns one consumer thread (one AMQP channel for all its queues, prefetch =
@@ -71,13 +76,14 @@ mod entrypoint;
 mod error;
 mod id;
 pub mod logger;
+mod memory;
 mod proxy;
 mod rpc;
 mod service;
 pub mod transport;
 
 pub use args::{Args, FromArgs, IntoArgs};
-pub use config::{AmqpUri, Config};
+pub use config::{AmqpUri, BrokerUri, Config};
 pub use container::{Container, Runner};
 pub use context::WorkerContext;
 pub use dependency::{ContainerInfo, Dependency};

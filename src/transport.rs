@@ -1,8 +1,9 @@
 //! The narrow seam between containers and a broker.
 //!
 //! Entrypoints and proxies talk to a broker only through [`Transport`]: declare exchanges and
-//! queues, publish with confirms, consume with per-consumer prefetch, ack and reject. The AMQP
-//! implementation lives in `amqp.rs`; neither side knows anything of services.
+//! queues, publish with confirms, consume with per-consumer prefetch, ack and reject. RabbitMQ's
+//! implementation lives in `amqp.rs`, the in-process broker of `memory://` URIs in `memory/`;
+//! neither knows anything of services.
 
 use crate::Result;
 use crossbeam_channel::{Receiver, Select, SelectedOperation};

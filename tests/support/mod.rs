@@ -25,6 +25,11 @@ pub fn config() -> Config {
     Config::new().amqp_uri(amqp_uri())
 }
 
+/// A `memory://` URI naming an in-process broker no other test uses.
+pub fn memory_uri() -> String {
+    format!("memory://{}", unique("broker"))
+}
+
 /// A name no other test (or earlier run) uses: `<prefix>_<pid>_<n>_<random>`.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
