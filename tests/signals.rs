@@ -121,6 +121,7 @@ fn sigterm_finishes_in_flight_calls_then_exits_zero() {
     let mut cleanup = Cleanup::new();
     let name = unique("sig_term");
     cleanup.service(&name);
+    cleanup.queue(format!("evt-echo_source-ping--{name}.handle_ping")); // the example's event queue
     let mut child = spawn_echo(&name);
     let cluster = ClusterRpcProxy::new(&support::config()).unwrap();
     cleanup.queue(cluster.reply_queue());
@@ -142,6 +143,7 @@ fn sigint_when_idle_exits_zero() {
     let mut cleanup = Cleanup::new();
     let name = unique("sig_int");
     cleanup.service(&name);
+    cleanup.queue(format!("evt-echo_source-ping--{name}.handle_ping")); // the example's event queue
     let mut child = spawn_echo(&name);
     signal(&child, "INT");
     assert_eq!(wait_exit(&mut child).code(), Some(0));
@@ -152,6 +154,7 @@ fn a_second_signal_exits_at_once_and_the_request_is_redelivered() {
     let mut cleanup = Cleanup::new();
     let name = unique("sig_twice");
     cleanup.service(&name);
+    cleanup.queue(format!("evt-echo_source-ping--{name}.handle_ping")); // the example's event queue
     let mut child = spawn_echo(&name);
     let cluster = ClusterRpcProxy::new(&support::config()).unwrap();
     cleanup.queue(cluster.reply_queue());
