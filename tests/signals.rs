@@ -121,7 +121,6 @@ fn sigterm_finishes_in_flight_calls_then_exits_zero() {
     let mut cleanup = Cleanup::new();
     let name = unique("sig_term");
     cleanup.service(&name);
-    cleanup.queue(format!("evt-echo_source-ping--{name}.handle_ping")); // the example's event queue
     let mut child = spawn_echo(&name);
     let cluster = ClusterRpcProxy::new(&support::config()).unwrap();
     cleanup.queue(cluster.reply_queue());
@@ -143,7 +142,6 @@ fn sigint_when_idle_exits_zero() {
     let mut cleanup = Cleanup::new();
     let name = unique("sig_int");
     cleanup.service(&name);
-    cleanup.queue(format!("evt-echo_source-ping--{name}.handle_ping")); // the example's event queue
     let mut child = spawn_echo(&name);
     signal(&child, "INT");
     assert_eq!(wait_exit(&mut child).code(), Some(0));
@@ -154,7 +152,6 @@ fn a_second_signal_exits_at_once_and_the_request_is_redelivered() {
     let mut cleanup = Cleanup::new();
     let name = unique("sig_twice");
     cleanup.service(&name);
-    cleanup.queue(format!("evt-echo_source-ping--{name}.handle_ping")); // the example's event queue
     let mut child = spawn_echo(&name);
     let cluster = ClusterRpcProxy::new(&support::config()).unwrap();
     cleanup.queue(cluster.reply_queue());
