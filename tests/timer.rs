@@ -32,7 +32,7 @@ fn slow_ticks_never_overlap_and_missed_slots_catch_up() {
         Service::new(unique("overlap")).timer(interval, move |_ctx| {
             let begin = Instant::now();
             // Every third tick is slow: 250 ms, two and a half intervals.
-            let slow = sink.lock().len() % 3 == 0;
+            let slow = sink.lock().len().is_multiple_of(3);
             std::thread::sleep(if slow {
                 Duration::from_millis(250)
             } else {
@@ -103,7 +103,7 @@ fn each_tick_starts_a_fresh_call_chain_and_errors_do_not_stop_the_timer() {
         move |ctx| {
             let mut stacks = sink.lock();
             stacks.push(ctx.call_id_stack().to_vec());
-            if stacks.len() % 2 == 1 {
+            if !stacks.len().is_multiple_of(2) {
                 return Err(RemoteError::new("ValueError", "odd tick").into());
             }
             if stacks.len() == 4 {
