@@ -19,6 +19,7 @@ use crate::{Config, Error, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, select};
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,11 @@ type TickHandler = Arc<dyn Fn(&WorkerContext) -> Result<()> + Send + Sync>;
 
 /// How often the timer thread looks for a stop while the pool's job queue is full.
 const SUBMIT_POLL: Duration = Duration::from_millis(50);
+
+/// How long before a tick is due the timer thread hands it to the pool. The worker then sleeps
+/// until the exact time itself, so the hand-off's wake-up is not in the tick's delay: one
+/// wake-up (the worker's) stands between the due time and the handler, not two.
+const LEAD: Duration = Duration::from_millis(2);
 
 /// Options of a timer, as the arguments of Nameko's `@timer(interval, eager)`.
 ///
@@ -78,6 +84,8 @@ impl Timer {
 /// The running timer's thread and the means to stop it.
 struct Running {
     stop: Sender<Stop>,
+    /// Set before the stop is sent: a tick handed over early but not yet due is skipped.
+    stopped: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
 
@@ -127,6 +135,7 @@ impl Entrypoint for TimerEntrypoint {
 
     fn start(&mut self, runtime: &Arc<Runtime>, jobs: &Jobs) -> Result<()> {
         let (stop, stop_rx) = crossbeam_channel::bounded(1);
+        let stopped = Arc::new(AtomicBool::new(false));
         let schedule = Schedule {
             start: Instant::now(),
             interval: self.options.interval,
@@ -136,12 +145,17 @@ impl Entrypoint for TimerEntrypoint {
             runtime: runtime.clone(),
             name: self.name.clone(),
             handler: self.handler.clone(),
+            stopped: stopped.clone(),
         };
         let jobs = jobs.clone();
         let thread = std::thread::Builder::new()
             .name(format!("enoki-{}-timer", runtime.service_name))
             .spawn(move || run(schedule, &tick, &jobs, &stop_rx))?;
-        self.running = Some(Running { stop, thread });
+        self.running = Some(Running {
+            stop,
+            stopped,
+            thread,
+        });
         Ok(())
     }
 
@@ -157,6 +171,7 @@ impl Entrypoint for TimerEntrypoint {
 impl TimerEntrypoint {
     fn halt(&mut self, how: Stop) {
         if let Some(running) = self.running.take() {
+            running.stopped.store(true, Ordering::Release);
             let _ = running.stop.send(how);
             let _ = running.thread.join();
         }
@@ -187,15 +202,25 @@ struct Tick {
     runtime: Arc<Runtime>,
     name: Arc<str>,
     handler: TickHandler,
+    stopped: Arc<AtomicBool>,
 }
 
 impl Tick {
-    /// A job for the pool that runs one tick and reports on `done` when it has finished.
-    fn job(&self, done: Sender<()>) -> crate::container::Job {
+    /// A job for the pool that waits until `due`, runs one tick and reports on `done` when it
+    /// has finished.
+    fn job(&self, due: Instant, done: Sender<()>) -> crate::container::Job {
         let runtime = self.runtime.clone();
         let name = self.name.clone();
         let handler = self.handler.clone();
+        let stopped = self.stopped.clone();
         Box::new(move |_worker: &mut Worker| {
+            let early = due.saturating_duration_since(Instant::now());
+            if !early.is_zero() {
+                std::thread::sleep(early);
+            }
+            if stopped.load(Ordering::Acquire) {
+                return;
+            }
             // No headers: a timer starts a fresh call chain.
             let mut ctx = WorkerContext::new(runtime.clone(), name, Headers::new());
             let outcome = run_worker(&runtime, &mut ctx, |ctx| handler(ctx));
@@ -209,12 +234,12 @@ impl Tick {
 fn run(mut schedule: Schedule, tick: &Tick, jobs: &Jobs, stop: &Receiver<Stop>) {
     loop {
         let Some(due) = schedule.due() else { return };
-        match stop.recv_deadline(due) {
+        match stop.recv_deadline(due.checked_sub(LEAD).unwrap_or(due)) {
             Err(RecvTimeoutError::Timeout) => {}
             Ok(_) | Err(RecvTimeoutError::Disconnected) => return,
         }
         let (done_tx, done) = crossbeam_channel::bounded(1);
-        let mut job = tick.job(done_tx);
+        let mut job = tick.job(due, done_tx);
         // The queue is full while every worker is busy: keep trying, but listen for a stop.
         loop {
             match jobs.submit_timeout(job, SUBMIT_POLL) {
