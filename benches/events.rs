@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench --bench events
 //! ENOKI_BENCH_AMQP_URI=amqp://guest:guest@localhost:5672/enoki_test ENOKI_BENCH_EVENTS=5000 \
-//!     ENOKI_BENCH_PUBLISHERS=4 ENOKI_BENCH_ROUNDS=2 cargo bench --bench events
+//!     ENOKI_BENCH_PUBLISHERS=4 ENOKI_BENCH_ROUNDS=3 cargo bench --bench events
 //! ```
 //!
 //! The floor does on the wire what any Nameko-compatible dispatcher and handler must, written
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
     enoki::logger::init();
     let events = env_usize("ENOKI_BENCH_EVENTS", 5000);
     let publishers = env_usize("ENOKI_BENCH_PUBLISHERS", 4).max(1);
-    let rounds = env_usize("ENOKI_BENCH_ROUNDS", 2).max(1);
+    let rounds = env_usize("ENOKI_BENCH_ROUNDS", 3).max(1);
     let uri_text = std::env::var("ENOKI_BENCH_AMQP_URI").unwrap_or_else(|_| DEFAULT_URI.into());
     let uri = AmqpUri::parse(&uri_text).expect("ENOKI_BENCH_AMQP_URI is not a valid AMQP URI");
     println!(
