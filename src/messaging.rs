@@ -456,6 +456,10 @@ impl Service {
 /// gets a [`MessagePublisher`] that publishes JSON to the exchange with the worker's context
 /// headers, persistent, with publisher confirms.
 ///
+/// The exchange is declared when the container starts. Nameko's `declare=[queue, ...]` has no
+/// counterpart: a queue is declared, with its bindings, by the service that consumes it
+/// ([`Service::consume`]).
+///
 /// ```no_run
 /// use enoki::transport::ExchangeSpec;
 /// use enoki::{MessagePublisher, Publisher, Service};
