@@ -9,7 +9,8 @@
 //! `fail(message)` raises `ValueError(message)`; `sleep(ms)` sleeps, then returns `ms`.
 //!
 //! Events: `ping` events from `echo_source` are recorded (service pool handler `handle_ping`);
-//! `received()` returns the recorded payloads in order.
+//! `received()` returns the recorded payloads in the order they were handled (workers run
+//! concurrently, so events dispatched at once may be handled in any order).
 //!
 //! ```text
 //! cargo run --bin enoki -- dispatch echo_source ping '{"n": 1}'
