@@ -180,13 +180,13 @@ impl EventHandler {
     }
 
     /// The queue this handler consumes, as Nameko's `EventHandler.setup` declares it.
-    fn queue(&self, service: &str, config: &Config, identifier: Option<&str>) -> QueueSpec {
+    fn queue(&self, service: &str, config: &Config, identifier: &str) -> QueueSpec {
         let (source, event_type) = (&self.source, &self.event_type);
         let pool_name = format!("evt-{source}-{event_type}--{service}.{}", self.method());
         let name = match self.handler_type {
             HandlerType::ServicePool => pool_name,
             HandlerType::Singleton => format!("evt-{source}-{event_type}"),
-            HandlerType::Broadcast => format!("{pool_name}-{}", identifier.unwrap_or_default()),
+            HandlerType::Broadcast => format!("{pool_name}-{identifier}"),
         };
         let mut queue =
             QueueSpec::durable(name).bind(event_exchange(source, config), event_type.clone());
@@ -264,7 +264,7 @@ impl Entrypoint for EventEntrypoint {
             .broadcast_identifier
             .clone()
             .unwrap_or_else(|| crate::id::uuid4().simple().to_string());
-        let queue = self.options.queue(service, config, Some(&identifier));
+        let queue = self.options.queue(service, config, &identifier);
         let consumer = Consumer {
             name: Arc::from(self.name.as_str()),
             handler: self.handler.clone(),
@@ -553,7 +553,7 @@ mod tests {
     #[test]
     fn queues_are_named_and_flagged_as_nameko_declares_them() {
         let config = Config::new();
-        let pool = EventHandler::new("src", "ping").queue("svc", &config, Some("id"));
+        let pool = EventHandler::new("src", "ping").queue("svc", &config, "id");
         assert_eq!(pool.name, "evt-src-ping--svc.handle_ping");
         assert!(pool.durable && !pool.auto_delete && !pool.exclusive);
         assert_eq!(pool.bindings.len(), 1);
@@ -563,7 +563,7 @@ mod tests {
         let single = EventHandler::new("src", "ping")
             .handler_type(HandlerType::Singleton)
             .reliable_delivery(false)
-            .queue("svc", &config, Some("id"));
+            .queue("svc", &config, "id");
         assert_eq!(single.name, "evt-src-ping");
         assert!(single.durable && single.auto_delete && !single.exclusive);
 
@@ -571,7 +571,7 @@ mod tests {
             .name("on_ping")
             .handler_type(HandlerType::Broadcast)
             .reliable_delivery(false)
-            .queue("svc", &config, Some("abc"));
+            .queue("svc", &config, "abc");
         assert_eq!(broadcast.name, "evt-src-ping--svc.on_ping-abc");
         assert!(broadcast.durable && broadcast.auto_delete && broadcast.exclusive);
 
