@@ -12,15 +12,28 @@
 //!
 //! RPC methods: `echo(value)` returns `value` unchanged; `add(a, b)` returns `a + b`;
 //! `fail(message)` raises `ValueError(message)`; `sleep(ms)` sleeps, then returns `ms`.
+//!
+//! Events: `ping` events from `echo_source` are recorded (service pool handler `handle_ping`);
+//! `received()` returns the recorded payloads in the order they were handled (workers run
+//! concurrently, so events dispatched at once may be handled in any order).
+//!
+//! ```text
+//! cargo run --bin enoki -- dispatch echo_source ping '{"n": 1}'
+//! cargo run --bin enoki -- call echo.received          # [{"n": 1}]
+//! ```
 
 use enoki::{ClusterRpcProxy, Config, ErrorKind, RemoteError, Runner, Service};
+use parking_lot::Mutex;
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The echo service. Its interface is fixed: benches and interop tests target it. The name is
 /// `echo` unless `ECHO_SERVICE_NAME` says otherwise (tests run several side by side).
 fn echo_service() -> Service {
     let name = std::env::var("ECHO_SERVICE_NAME").unwrap_or_else(|_| "echo".to_owned());
+    let pings = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let seen = pings.clone();
     Service::new(name)
         .rpc("echo", |_ctx, (value,): (Value,)| Ok(value))
         .rpc("add", |_ctx, (a, b): (Value, Value)| add(&a, &b))
@@ -31,6 +44,11 @@ fn echo_service() -> Service {
             std::thread::sleep(Duration::from_millis(ms));
             Ok(ms)
         })
+        .event_handler("echo_source", "ping", move |_ctx, payload: Value| {
+            pings.lock().push(payload);
+            Ok(())
+        })
+        .rpc("received", move |_ctx, ()| Ok(seen.lock().clone()))
 }
 
 /// Adds integers, floats or strings, as Python's `a + b` would.

@@ -1,14 +1,19 @@
 //! Interop with the real Python Nameko 2.14.1 (from the venv `scripts/provision` creates), both
 //! directions: Python calls enoki, enoki calls Python, and call id stacks follow Nameko's rules
-//! across the language boundary.
+//! across the language boundary; events flow both ways to handlers of every type.
 
 mod support;
 
-use enoki::{ClusterRpcProxy, Container, ErrorKind, RemoteError, RpcProxy, Service, WorkerContext};
+use enoki::{
+    ClusterRpcProxy, Container, ErrorKind, EventDispatcher, EventHandler, HandlerType, RemoteError,
+    RpcProxy, Service, StandaloneDispatcher, WorkerContext,
+};
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 use support::{Cleanup, unique};
 
@@ -45,6 +50,16 @@ struct PyService {
 
 impl PyService {
     fn start(name: &str, target: Option<&str>) -> PyService {
+        PyService::start_with(name, target, None)
+    }
+
+    /// With events: an EventDispatcher (rpc `dispatch(event_type, payload)`) and, given an
+    /// `event_source`, one handler per type for that service's events (rpc `received()`).
+    fn start_events(name: &str, event_source: Option<&str>) -> PyService {
+        PyService::start_with(name, None, Some(event_source.unwrap_or("")))
+    }
+
+    fn start_with(name: &str, target: Option<&str>, events: Option<&str>) -> PyService {
         check_python();
         let mut command = Command::new(python());
         command
@@ -56,6 +71,9 @@ impl PyService {
             .stderr(Stdio::inherit());
         if let Some(target) = target {
             command.env("TARGET_SERVICE", target);
+        }
+        if let Some(source) = events {
+            command.env("EVENTS", "1").env("EVENT_SOURCE", source);
         }
         let mut child = command.spawn().expect("python service starts");
         let stdout = child.stdout.take().expect("stdout");
@@ -335,4 +353,226 @@ fn call_id_stacks_cross_the_language_boundary_both_ways() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// Deletes exchanges when dropped (the queues go with `Cleanup`).
+struct Exchanges(Vec<String>);
+
+impl Drop for Exchanges {
+    fn drop(&mut self) {
+        let mut connection = support::raw_connection();
+        for name in &self.0 {
+            if let Ok(channel) = connection.open_channel(None) {
+                let _ = channel.exchange_delete(name.clone(), false);
+            }
+        }
+        let _ = connection.close();
+    }
+}
+
+/// Dispatches one event with Nameko's standalone `event_dispatcher`.
+fn py_dispatch(source: &str, event_type: &str, payload: &Value) {
+    let out = Command::new(python())
+        .arg(script("nameko_client.py"))
+        .args(["dispatch", source, event_type, &payload.to_string()])
+        .env("AMQP_URI", support::amqp_uri())
+        .output()
+        .expect("python dispatcher runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The three handler types, with the event types and Python method names the peer uses.
+const KINDS: [(&str, &str, HandlerType); 3] = [
+    ("pool", "pool_evt", HandlerType::ServicePool),
+    ("single", "single_evt", HandlerType::Singleton),
+    ("bcast", "bcast_evt", HandlerType::Broadcast),
+];
+
+#[test]
+fn python_events_reach_enoki_handlers_of_each_type() {
+    let mut cleanup = Cleanup::new();
+    let theirs = unique("py_emitter");
+    let ours = unique("interop_handlers");
+    let _exchanges = Exchanges(vec![format!("{theirs}.events")]);
+    cleanup.service(&theirs);
+    cleanup.queue(format!("evt-{theirs}-pool_evt--{ours}.handle_pool"));
+    cleanup.queue(format!("evt-{theirs}-single_evt"));
+
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut service = Service::new(&ours);
+    for (kind, event_type, handler_type) in KINDS {
+        let seen = seen.clone();
+        service = service.event_handler_with(
+            EventHandler::new(&theirs, event_type)
+                .name(format!("handle_{kind}"))
+                .handler_type(handler_type)
+                .reliable_delivery(handler_type != HandlerType::Broadcast),
+            move |ctx, payload: Value| {
+                seen.lock().push(json!({
+                    "kind": kind,
+                    "payload": payload,
+                    "call_id_stack": ctx.call_id_stack(),
+                    "context_data": ctx.data(),
+                }));
+                Ok(())
+            },
+        );
+    }
+    let _enoki = start(service, &mut cleanup);
+    let _python = PyService::start_events(&theirs, None);
+
+    // A Python service's EventDispatcher, called with context data.
+    let calls: Vec<Value> = KINDS
+        .iter()
+        .map(|(kind, event_type, _)| {
+            let mut c = call(
+                &theirs,
+                "dispatch",
+                json!([event_type, {"from": "service", "kind": kind}]),
+            );
+            c["context_data"] = json!({"language": "de"});
+            c
+        })
+        .collect();
+    for answer in py_calls(&calls) {
+        assert_eq!(answer, json!({"ok": true, "result": null}));
+    }
+    // Nameko's standalone dispatcher (no headers at all).
+    for (kind, event_type, _) in KINDS {
+        py_dispatch(
+            &theirs,
+            event_type,
+            &json!({"from": "standalone", "kind": kind}),
+        );
+    }
+    assert!(support::eventually(WAIT, || seen.lock().len() >= 6));
+    std::thread::sleep(Duration::from_millis(200));
+    let seen = seen.lock().clone();
+    assert_eq!(seen.len(), 6, "{seen:#?}");
+    for (kind, _, _) in KINDS {
+        let from_service = seen
+            .iter()
+            .find(|e| e["kind"] == kind && e["payload"]["from"] == "service")
+            .unwrap_or_else(|| panic!("{kind} from the Python service: {seen:#?}"));
+        assert_eq!(from_service["payload"]["kind"], kind);
+        assert_eq!(from_service["context_data"]["language"], "de");
+        let s = stack(from_service);
+        assert_eq!(s.len(), 3, "{s:?}");
+        assert!(s[0].starts_with("standalone_rpc_proxy.call."), "{s:?}");
+        assert!(s[1].starts_with(&format!("{theirs}.dispatch.")), "{s:?}");
+        assert!(s[2].starts_with(&format!("{ours}.handle_{kind}.")), "{s:?}");
+
+        let standalone = seen
+            .iter()
+            .find(|e| e["kind"] == kind && e["payload"]["from"] == "standalone")
+            .unwrap_or_else(|| panic!("{kind} from the standalone dispatcher: {seen:#?}"));
+        assert_eq!(standalone["context_data"], json!({}));
+        assert_eq!(stack(standalone).len(), 1);
+    }
+}
+
+#[test]
+fn enoki_events_reach_python_handlers_of_each_type() {
+    let mut cleanup = Cleanup::new();
+    let ours = unique("interop_emitter");
+    let theirs = unique("py_handlers");
+    let _exchanges = Exchanges(vec![format!("{ours}.events"), format!("{theirs}.events")]);
+    cleanup.service(&theirs);
+    cleanup.queue(format!("evt-{ours}-pool_evt--{theirs}.handle_pool"));
+    cleanup.queue(format!("evt-{ours}-single_evt"));
+
+    let _enoki = start(
+        Service::new(&ours)
+            .dependency("events", EventDispatcher::new())
+            .rpc("emit", |ctx, (event_type, payload): (String, Value)| {
+                ctx.dependency::<EventDispatcher>("events")?
+                    .dispatch(&event_type, &payload)
+            }),
+        &mut cleanup,
+    );
+    let _python = PyService::start_events(&theirs, Some(&ours));
+
+    let mut data = serde_json::Map::new();
+    data.insert("language".into(), json!("es"));
+    let cluster = ClusterRpcProxy::new(&support::config())
+        .unwrap()
+        .context_data(data)
+        .timeout(WAIT);
+    cleanup.queue(cluster.reply_queue());
+    let dispatcher = StandaloneDispatcher::new(&support::config()).unwrap();
+    for (kind, event_type, _) in KINDS {
+        cluster
+            .call::<Value>(
+                &ours,
+                "emit",
+                (event_type, json!({"from": "service", "kind": kind})),
+            )
+            .unwrap();
+        dispatcher
+            .dispatch(
+                &ours,
+                event_type,
+                &json!({"from": "standalone", "kind": kind}),
+            )
+            .unwrap();
+    }
+    // And the command line.
+    let out = Command::new(env!("CARGO_BIN_EXE_enoki"))
+        .args([
+            "dispatch",
+            &ours,
+            "pool_evt",
+            r#"{"from": "cli", "kind": "pool"}"#,
+        ])
+        .env("AMQP_URI", support::amqp_uri())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut received = Vec::new();
+    assert!(support::eventually(WAIT, || {
+        received = py_calls(&[call(&theirs, "received", json!([]))])[0]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        received.len() >= 7
+    }));
+    assert_eq!(received.len(), 7, "{received:#?}");
+    for (kind, _, _) in KINDS {
+        let from_service = received
+            .iter()
+            .find(|e| e["kind"] == kind && e["payload"]["from"] == "service")
+            .unwrap_or_else(|| panic!("{kind} from the enoki service: {received:#?}"));
+        assert_eq!(from_service["payload"]["kind"], kind);
+        assert_eq!(from_service["context_data"]["language"], "es");
+        let s = stack(from_service);
+        assert_eq!(s.len(), 3, "{s:?}");
+        assert!(s[0].starts_with("standalone_rpc_proxy.call."), "{s:?}");
+        assert!(s[1].starts_with(&format!("{ours}.emit.")), "{s:?}");
+        assert!(
+            s[2].starts_with(&format!("{theirs}.handle_{kind}.")),
+            "{s:?}"
+        );
+
+        let standalone = received
+            .iter()
+            .find(|e| e["kind"] == kind && e["payload"]["from"] == "standalone")
+            .unwrap_or_else(|| panic!("{kind} from the enoki dispatcher: {received:#?}"));
+        assert_eq!(standalone["context_data"], json!({}));
+        assert_eq!(stack(standalone).len(), 1);
+    }
+    assert!(
+        received
+            .iter()
+            .any(|e| e["kind"] == "pool" && e["payload"]["from"] == "cli")
+    );
 }

@@ -1,27 +1,32 @@
-//! The enoki command line: call services in the cluster.
+//! The enoki command line: call services in the cluster, dispatch events.
 //!
 //! ```text
 //! enoki call <service>.<method> ['<json args>'] ['<json kwargs>'] [--timeout SECONDS]
+//! enoki dispatch <source> <event_type> '<json payload>'
 //! ```
 //!
 //! The broker comes from `AMQP_URI` (or a config file named by `ENOKI_CONFIG`).
 
-use enoki::{Args, ClusterRpcProxy, Config, ErrorKind};
+use enoki::{Args, ClusterRpcProxy, Config, ErrorKind, StandaloneDispatcher};
 use serde_json::Value;
 use std::process::ExitCode;
 use std::time::Duration;
 
 const USAGE: &str = "usage:
   enoki call <service>.<method> ['<json args>'] ['<json kwargs>'] [--timeout SECONDS]
+  enoki dispatch <source> <event_type> '<json payload>'
 
-Prints the result as JSON. A remote error is printed to stderr as JSON and exits with status 1;
-other failures exit with status 2. The broker is AMQP_URI (default amqp://guest:guest@localhost:5672/).";
+call prints the result as JSON. A remote error is printed to stderr as JSON and exits with status 1;
+other failures exit with status 2. dispatch publishes the payload as an event of <event_type>
+from the service <source> (to the exchange <source>.events) and returns once the broker
+confirmed it. The broker is AMQP_URI (default amqp://guest:guest@localhost:5672/).";
 
 fn main() -> ExitCode {
     enoki::logger::init();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     match argv.first().map(String::as_str) {
         Some("call") => call(&argv[1..]),
+        Some("dispatch") => dispatch(&argv[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -106,5 +111,27 @@ fn call(argv: &[String]) -> ExitCode {
             }
             _ => fail(e),
         },
+    }
+}
+
+fn dispatch(argv: &[String]) -> ExitCode {
+    let [source, event_type, payload] = argv else {
+        return fail(format!(
+            "dispatch takes a source service, an event type and a JSON payload\n{USAGE}"
+        ));
+    };
+    let payload = match serde_json::from_str::<Value>(payload) {
+        Ok(v) => v,
+        Err(e) => return fail(format!("the payload is not JSON: {e}")),
+    };
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let dispatched = StandaloneDispatcher::new(&config)
+        .and_then(|dispatcher| dispatcher.dispatch(source, event_type, &payload));
+    match dispatched {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
     }
 }

@@ -4,6 +4,12 @@ Environment:
     AMQP_URI        broker URI, e.g. amqp://guest:guest@localhost:5672/enoki_test
     SERVICE_NAME    the service name (unique per test, e.g. py_svc_1234)
     TARGET_SERVICE  optional: a service this one may call through `relay`
+    EVENTS          optional: "1" adds an EventDispatcher and `dispatch(event_type, payload)`
+                    (it declares the exchange <SERVICE_NAME>.events)
+    EVENT_SOURCE    optional: handle events from this service with one handler per type:
+                    `handle_pool` (service_pool, event type `pool_evt`), `handle_single`
+                    (singleton, `single_evt`), `handle_bcast` (broadcast, reliable_delivery
+                    False, `bcast_evt`); `received()` returns what they saw, in order
     DELETE_QUEUE_ON_EXIT  optional: "1" deletes the durable queue rpc-<SERVICE_NAME>
                     after a graceful stop (Nameko itself leaves it; off by default)
 
@@ -30,6 +36,13 @@ import stat  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
+from nameko.events import (  # noqa: E402
+    BROADCAST,
+    SERVICE_POOL,
+    SINGLETON,
+    EventDispatcher,
+    event_handler,
+)
 from nameko.extensions import DependencyProvider  # noqa: E402
 from nameko.rpc import RpcProxy, rpc  # noqa: E402
 from nameko.runners import ServiceRunner  # noqa: E402
@@ -85,7 +98,47 @@ def sleep(self, ms):
     return ms
 
 
-def build_service(name, target=None):
+# What the event handlers saw, in order (one service per process).
+RECEIVED = []
+
+
+def make_event_handler(kind):
+    def handle(self, payload):
+        ctx = self.worker_ctx
+        RECEIVED.append(
+            {
+                "kind": kind,
+                "payload": json_safe(payload),
+                "call_id_stack": json_safe(ctx.call_id_stack),
+                "context_data": json_safe(ctx.data),
+            }
+        )
+
+    return handle
+
+
+def received(self):
+    return RECEIVED
+
+
+def dispatch(self, event_type, payload):
+    self.dispatch_event(event_type, payload)
+
+
+EVENT_HANDLERS = [
+    # (method name, kind, event type, extra event_handler options)
+    ("handle_pool", "pool", "pool_evt", {"handler_type": SERVICE_POOL}),
+    ("handle_single", "single", "single_evt", {"handler_type": SINGLETON}),
+    (
+        "handle_bcast",
+        "bcast",
+        "bcast_evt",
+        {"handler_type": BROADCAST, "reliable_delivery": False},
+    ),
+]
+
+
+def build_service(name, target=None, event_source=None, events=False):
     attrs = {
         "name": name,
         "worker_ctx": WorkerCtx(),
@@ -95,9 +148,18 @@ def build_service(name, target=None):
         "whoami": rpc(whoami),
         "relay": rpc(relay),
         "sleep": rpc(sleep),
+        "received": rpc(received),
     }
+    if events:
+        attrs["dispatch_event"] = EventDispatcher()
+        attrs["dispatch"] = rpc(dispatch)
     if target:
         attrs["target"] = RpcProxy(target)
+    if event_source:
+        for method, kind, event_type, options in EVENT_HANDLERS:
+            attrs[method] = event_handler(event_source, event_type, **options)(
+                make_event_handler(kind)
+            )
     return type("InteropService", (object,), attrs)
 
 
@@ -134,9 +196,11 @@ def main():
     amqp_uri = os.environ["AMQP_URI"]
     service_name = os.environ["SERVICE_NAME"]
     target = os.environ.get("TARGET_SERVICE") or None
+    event_source = os.environ.get("EVENT_SOURCE") or None
 
     runner = ServiceRunner(config={"AMQP_URI": amqp_uri, "max_workers": 10})
-    runner.add_service(build_service(service_name, target))
+    events = os.environ.get("EVENTS") == "1"
+    runner.add_service(build_service(service_name, target, event_source, events))
 
     stopping = []
 
