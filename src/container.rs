@@ -187,6 +187,7 @@ struct Running {
     runtime: Arc<Runtime>,
     jobs: Sender<Job>,
     workers: Vec<JoinHandle<()>>,
+    all_exited: Receiver<()>,
     consumer: Option<ConsumerThread>,
     entrypoints: Vec<Box<dyn Entrypoint>>,
 }
@@ -322,16 +323,24 @@ impl Container {
             idle: Mutex::new(Vec::with_capacity(max_workers)),
         });
         let (jobs, job_rx) = crossbeam_channel::bounded::<Job>(max_workers);
+        // Never sent on: it disconnects when the last worker has exited, which a stop waits
+        // for with a deadline (a JoinHandle has no timed join).
+        let (alive, all_exited) = crossbeam_channel::bounded::<()>(0);
         let mut workers = Vec::with_capacity(max_workers);
         for i in 0..max_workers {
             let job_rx = job_rx.clone();
             let pool = pool.clone();
+            let alive = alive.clone();
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("enoki-{name}-worker-{i}"))
-                    .spawn(move || work(&pool, i, &job_rx))?,
+                    .spawn(move || {
+                        work(&pool, i, &job_rx);
+                        drop(alive);
+                    })?,
             );
         }
+        drop(alive);
         let job_handle = Jobs {
             tx: jobs.clone(),
             runtime: runtime.clone(),
@@ -340,6 +349,7 @@ impl Container {
             runtime: runtime.clone(),
             jobs,
             workers,
+            all_exited,
             consumer: None,
             entrypoints: Vec::new(),
         };
@@ -566,9 +576,11 @@ fn shutdown(running: Running, kill: bool) {
         runtime,
         jobs,
         workers,
+        all_exited,
         consumer,
         mut entrypoints,
     } = running;
+    let deadline = std::time::Instant::now() + runtime.config.stop_deadline();
     // Nothing new is produced; what producers queued already still runs.
     for entrypoint in &mut entrypoints {
         if kill {
@@ -583,15 +595,37 @@ fn shutdown(running: Running, kill: bool) {
         let _ = consumer.control.send(order);
     }
     drop(jobs);
+    let mut abandoned = kill;
     if !kill {
-        for worker in workers {
-            let _ = worker.join();
+        // Disconnected once every worker has exited; nothing is ever sent.
+        if let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+            all_exited.recv_deadline(deadline)
+        {
+            log::warn!(
+                "{}: workers still running after the stop deadline ({:?}): abandoning their \
+                 work, which the broker redelivers",
+                runtime.service_name,
+                runtime.config.stop_deadline()
+            );
+            abandoned = true;
+        } else {
+            for worker in workers {
+                let _ = worker.join();
+            }
         }
     }
     if let Some(consumer) = consumer {
-        // Every ack the workers handed back is queued by now: settle them, then close.
-        let _ = consumer.control.send(Control::Finish);
-        let _ = consumer.thread.join();
+        // Every ack the workers handed back is queued by now: settle them, then close. After
+        // a missed deadline, close at once: what is unacked goes back to the queue.
+        let order = if abandoned {
+            Control::Kill
+        } else {
+            Control::Finish
+        };
+        let _ = consumer.control.send(order);
+        if !abandoned {
+            let _ = consumer.thread.join();
+        }
     }
     for dep in &runtime.dependencies {
         if kill {

@@ -301,3 +301,38 @@ fn stopping_under_load_loses_no_call() {
         "each call ran exactly once"
     );
 }
+
+#[test]
+fn a_stop_past_its_deadline_leaves_the_work_for_redelivery() {
+    let mut cleanup = Cleanup::new();
+    let name = unique("rel_deadline");
+    let started = Arc::new(AtomicUsize::new(0));
+    let seen = started.clone();
+    let slow = Service::new(&name).rpc("work", move |_ctx, ()| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_secs(3));
+        Ok("slow instance")
+    });
+    let config = support::config().stop_timeout(Duration::from_millis(300));
+    let mut first = start(slow, config, &mut cleanup);
+    let cluster = client(&support::config(), &mut cleanup);
+
+    let pending = cluster.call_async(&name, "work", ()).expect("request sent");
+    assert!(support::eventually(Duration::from_secs(10), || started
+        .load(Ordering::SeqCst)
+        == 1));
+    let stopping = Instant::now();
+    first.stop();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(2),
+        "the stop waited {:?} despite a 300 ms deadline",
+        stopping.elapsed()
+    );
+    // The abandoned request was not acked: the next instance gets it.
+    let fast = Service::new(&name).rpc("work", |_ctx, ()| Ok("next instance"));
+    let _second = start(fast, support::config(), &mut cleanup);
+    let reply: String = pending
+        .wait_timeout(Duration::from_secs(10))
+        .expect("the request is redelivered and answered");
+    assert_eq!(reply, "next instance");
+}
