@@ -23,6 +23,8 @@ const DEFAULT_RPC_EXCHANGE: &str = "nameko-rpc";
 const DEFAULT_HEARTBEAT: u16 = 60;
 const STOP_TIMEOUT: &str = "STOP_TIMEOUT";
 const DEFAULT_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const CONFIRM_TIMEOUT: &str = "CONFIRM_TIMEOUT";
+const DEFAULT_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 const DEFAULT_WEB_SERVER_ADDRESS: &str = "0.0.0.0:8000";
 const DEFAULT_AMQP_PORT: u16 = 5672;
 
@@ -660,7 +662,30 @@ impl Config {
     /// number or a string of one; default 30). A value that is not a non-negative number
     /// counts as the default.
     pub fn stop_deadline(&self) -> std::time::Duration {
-        let seconds = match self.values.get(STOP_TIMEOUT) {
+        self.seconds(STOP_TIMEOUT).unwrap_or(DEFAULT_STOP_TIMEOUT)
+    }
+
+    /// Sets how long a publish waits for the broker's confirm (`CONFIRM_TIMEOUT`, seconds)
+    /// before it fails with a broker error. Default: 30 s. While the broker has blocked the
+    /// connection (a resource alarm), publishing pauses instead and this does not apply.
+    pub fn confirm_timeout(self, timeout: std::time::Duration) -> Config {
+        let mut config = self;
+        config.values.insert(
+            CONFIRM_TIMEOUT.to_owned(),
+            Value::from(timeout.as_secs_f64()),
+        );
+        config
+    }
+
+    /// How long a publish waits for its confirm (`CONFIRM_TIMEOUT`, seconds; default 30).
+    pub fn confirm_deadline(&self) -> std::time::Duration {
+        self.seconds(CONFIRM_TIMEOUT)
+            .unwrap_or(DEFAULT_CONFIRM_TIMEOUT)
+    }
+
+    /// A duration key in seconds (a non-negative number, or a string of one).
+    fn seconds(&self, key: &str) -> Option<std::time::Duration> {
+        let seconds = match self.values.get(key) {
             Some(Value::Number(n)) => n.as_f64(),
             Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
             _ => None,
@@ -668,7 +693,6 @@ impl Config {
         seconds
             .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
             .map(std::time::Duration::from_secs_f64)
-            .unwrap_or(DEFAULT_STOP_TIMEOUT)
     }
 
     /// Sets any key. Default: see the table on [`Config`] for known keys; other keys are unset

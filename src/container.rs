@@ -35,7 +35,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// name (shared by every transport built on it).
 pub(crate) fn transport_for(config: &Config) -> Result<SharedTransport> {
     Ok(match config.broker()? {
-        BrokerUri::Amqp(uri) => Arc::new(AmqpTransport::new(uri, config.heartbeat_secs())),
+        BrokerUri::Amqp(uri) => Arc::new(
+            AmqpTransport::new(uri, config.heartbeat_secs())
+                .with_confirm_timeout(config.confirm_deadline()),
+        ),
         BrokerUri::Memory(name) => Arc::new(MemoryTransport::new(&name)),
     })
 }
