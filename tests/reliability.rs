@@ -437,3 +437,38 @@ fn a_nacked_publish_is_an_error_the_caller_sees() {
         other => panic!("expected a broker error, got {other:?}"),
     }
 }
+
+#[test]
+fn heartbeats_keep_the_connection_while_every_worker_is_busy() {
+    let mut cleanup = Cleanup::new();
+    let proxy = FaultProxy::start(&upstream());
+    let name = unique("rel_heartbeat");
+    let calls = Arc::new(AtomicUsize::new(0));
+    // Heartbeat 1 s: the broker drops a connection after two missed ones. Nameko #428: a
+    // saturated pool starved heartbeats and the broker redelivered work in progress.
+    let config = config_via(&proxy).heartbeat(1).max_workers(2);
+    let _service = start(service(&name, calls.clone()), config, &mut cleanup);
+    let cluster = client(&support::config(), &mut cleanup);
+    assert_eq!(cluster.call::<i64>(&name, "add", (1, 2)).expect("warm"), 3);
+    let before = proxy.accepted();
+
+    let busy: Vec<_> = (0..4)
+        .map(|_| {
+            cluster
+                .call_async(&name, "sleep", (2_000u64,))
+                .expect("sent")
+        })
+        .collect();
+    for call in busy {
+        let slept: u64 = call
+            .wait_timeout(Duration::from_secs(20))
+            .expect("answered");
+        assert_eq!(slept, 2_000);
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        4,
+        "work was redelivered: the connection dropped while the pool was busy"
+    );
+    assert_eq!(proxy.accepted(), before, "the service had to reconnect");
+}
