@@ -472,3 +472,30 @@ fn heartbeats_keep_the_connection_while_every_worker_is_busy() {
     );
     assert_eq!(proxy.accepted(), before, "the service had to reconnect");
 }
+
+#[test]
+fn a_stop_during_a_reconnect_returns_promptly() {
+    let mut cleanup = Cleanup::new();
+    let proxy = FaultProxy::start(&upstream());
+    let name = unique("rel_stop_reconnect");
+    let mut service = start(
+        service(&name, Arc::default()),
+        config_via(&proxy),
+        &mut cleanup,
+    );
+    let cluster = client(&support::config(), &mut cleanup);
+    assert_eq!(cluster.call::<i64>(&name, "add", (1, 2)).expect("warm"), 3);
+
+    proxy.refuse(true);
+    proxy.cut();
+    // Let it fail a few reconnection attempts first.
+    std::thread::sleep(Duration::from_millis(500));
+    let stopping = Instant::now();
+    service.stop();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "stop took {:?} while reconnecting",
+        stopping.elapsed()
+    );
+    assert!(!service.is_running());
+}
