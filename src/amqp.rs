@@ -83,12 +83,16 @@ impl AmqpTransport {
     /// A connection that died while idle is only found out here, so a failure on a cached
     /// connection is retried once on a fresh one.
     fn channel(&self, slot: &Mutex<Slot>, heartbeat: u16) -> Result<(Channel, u64)> {
+        let publishing = std::ptr::eq(slot, &self.publishing);
         let mut slot = slot.lock();
         loop {
             let fresh = slot.connection.is_none();
             if fresh {
                 let mut connection = connect(&self.uri, heartbeat)?;
-                slot.blocked = watch_blocked(&mut connection, &self.uri);
+                // RabbitMQ blocks only connections that publish.
+                if publishing {
+                    slot.blocked = watch_blocked(&mut connection, &self.uri);
+                }
                 slot.connection = Some(connection);
                 slot.generation += 1;
             }
