@@ -82,6 +82,7 @@ pub mod messaging;
 mod proxy;
 mod rpc;
 mod service;
+pub mod testing;
 mod timer;
 pub mod transport;
 
