@@ -467,8 +467,38 @@ impl Dependency for EventRecorder {
 /// and records every worker it served, with its result. Clones share the record.
 ///
 /// The value's type must be the replaced dependency's
-/// [`Value`](crate::Dependency::Value); see [`replace_dependency`](super::replace_dependency)
-/// for an example.
+/// [`Value`](crate::Dependency::Value).
+///
+/// ```
+/// use enoki::testing::{self, Hook, Stub};
+/// use enoki::{Dependency, RemoteError, Service, WorkerContext};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+///
+/// /// Hands each worker a fresh ticket number from a remote sequence.
+/// struct Tickets;
+/// impl Dependency for Tickets {
+///     type Value = u64;
+///     fn inject(&self, _ctx: &WorkerContext) -> enoki::Result<u64> {
+///         Err(RemoteError::new("ConnectionError", "no sequence server in tests").into())
+///     }
+/// }
+///
+/// # fn main() -> enoki::Result<()> {
+/// let service = Service::new("desk")
+///     .dependency("tickets", Tickets)
+///     .rpc("next", |ctx, ()| Ok(*ctx.dependency::<Tickets>("tickets")?));
+/// let counter = Arc::new(AtomicU64::new(100));
+/// let tickets = Stub::with(move || counter.fetch_add(1, Ordering::Relaxed));
+/// let hook = Hook::new(testing::replace_dependency(service, "tickets", tickets.clone())?)?;
+/// assert_eq!(hook.rpc::<u64>("next", ())?, 100);
+/// assert_eq!(hook.rpc::<u64>("next", ())?, 101);
+/// let served = tickets.completions();
+/// assert_eq!(served.len(), 2);
+/// assert_eq!(served[1].result, Ok(serde_json::json!(101)));
+/// # Ok(())
+/// # }
+/// ```
 pub struct Stub<V> {
     make: Arc<dyn Fn() -> V + Send + Sync>,
     completions: Arc<Mutex<Vec<Completion>>>,
