@@ -141,3 +141,29 @@ fn a_panicking_handler_leaves_no_trace_and_the_worker_goes_on() {
     let items: Vec<(String, String)> = hook.rpc("list", ()).expect("list");
     assert_eq!(items, pairs(&[("kept", "yes")]));
 }
+
+#[test]
+fn workers_writing_at_once_each_get_their_own_transaction() {
+    const THREADS: usize = 8;
+    const PUTS: usize = 20;
+    let db = TempDb::new("store-concurrent");
+    let hook = Hook::new(example::store(&db.0)).expect("the store starts");
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let hook = &hook;
+            s.spawn(move || {
+                for i in 0..PUTS {
+                    let key = format!("{t}-{i:02}");
+                    hook.rpc::<()>("put", (key, format!("v{t}"))).expect("put");
+                }
+            });
+        }
+    });
+    let items: Vec<(String, String)> = hook.rpc("list", ()).expect("list");
+    assert_eq!(items.len(), THREADS * PUTS);
+    assert_eq!(items[0], ("0-00".to_owned(), "v0".to_owned()));
+    assert_eq!(
+        items[THREADS * PUTS - 1],
+        ("7-19".to_owned(), "v7".to_owned())
+    );
+}
