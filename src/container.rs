@@ -50,10 +50,28 @@ pub(crate) struct Runtime {
     pub(crate) transport: SharedTransport,
     pub(crate) dependencies: Vec<NamedDependency>,
     pub(crate) rpc_exchange: ExchangeSpec,
-    rpc_client: Mutex<Option<Arc<RpcClient>>>,
+    pub(crate) rpc_client: Mutex<Option<Arc<RpcClient>>>,
 }
 
 impl Runtime {
+    /// The runtime of a service run without a container's pool and consumers (the testing
+    /// helpers call its entrypoints directly).
+    pub(crate) fn detached(
+        service_name: &str,
+        config: Config,
+        transport: SharedTransport,
+        dependencies: Vec<NamedDependency>,
+    ) -> Runtime {
+        Runtime {
+            service_name: Arc::from(service_name),
+            rpc_exchange: ExchangeSpec::topic(config.exchange()),
+            config,
+            transport,
+            dependencies,
+            rpc_client: Mutex::new(None),
+        }
+    }
+
     /// The container's RPC client (one reply queue for all its proxies), started on first use.
     pub(crate) fn rpc_client(&self) -> Result<Arc<RpcClient>> {
         let mut slot = self.rpc_client.lock();

@@ -125,6 +125,8 @@ pub(crate) trait DynDependency: Send + Sync {
     fn worker_setup(&self, ctx: &WorkerContext);
     fn worker_result(&self, ctx: &WorkerContext, result: std::result::Result<&str, &Error>);
     fn worker_teardown(&self, ctx: &WorkerContext);
+    /// The type of the injected value, by name (a replacement must inject the same type).
+    fn value_type(&self) -> (std::any::TypeId, &'static str);
 }
 
 impl<D: Dependency> DynDependency for D {
@@ -151,6 +153,12 @@ impl<D: Dependency> DynDependency for D {
     }
     fn worker_teardown(&self, ctx: &WorkerContext) {
         Dependency::worker_teardown(self, ctx)
+    }
+    fn value_type(&self) -> (std::any::TypeId, &'static str) {
+        (
+            std::any::TypeId::of::<D::Value>(),
+            std::any::type_name::<D::Value>(),
+        )
     }
 }
 
