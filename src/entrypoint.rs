@@ -16,9 +16,9 @@ use std::sync::Arc;
 /// the consumers are ready, and [`stop`](Entrypoint::stop) (or [`kill`](Entrypoint::kill))
 /// before it closes the worker pool's job channel. After `stop` returns the entrypoint must
 /// hold no [`Jobs`] handle, so the workers can drain and exit.
-#[allow(dead_code)] // until the first entrypoint kind lands
 pub(crate) trait Entrypoint: Send + fmt::Debug {
     /// The kind, as Nameko names it: `event_handler`, `http`, `timer`, `consume`.
+    #[allow(dead_code)] // read by nothing yet; meant for `describe` and logs
     fn kind(&self) -> &'static str;
 
     /// The entrypoint's name (the handler's name, the route, the interval).

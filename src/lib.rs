@@ -69,6 +69,7 @@ mod context;
 mod dependency;
 mod entrypoint;
 mod error;
+pub mod http;
 mod id;
 pub mod logger;
 mod proxy;

@@ -90,7 +90,6 @@ impl Service {
     }
 
     /// Adds an entrypoint of a kind other than RPC; each kind's module has the public builder.
-    #[allow(dead_code)] // until the first entrypoint kind lands
     pub(crate) fn entrypoint(mut self, entrypoint: impl Entrypoint + 'static) -> Service {
         self.entrypoints.push(Box::new(entrypoint));
         self
