@@ -171,7 +171,8 @@ pub(crate) fn limits(config: &Config) -> Result<Limits> {
         max_body_bytes: count("HTTP_MAX_BODY_SIZE", d.max_body_bytes)?,
         request_timeout: seconds("HTTP_REQUEST_TIMEOUT", d.request_timeout)?,
         idle_timeout: seconds("HTTP_IDLE_TIMEOUT", d.idle_timeout)?,
-        write_timeout: seconds("HTTP_WRITE_TIMEOUT", d.write_timeout)?.max(Duration::from_millis(1)),
+        write_timeout: seconds("HTTP_WRITE_TIMEOUT", d.write_timeout)?
+            .max(Duration::from_millis(1)),
         queue_timeout: seconds("HTTP_QUEUE_TIMEOUT", d.queue_timeout)?,
     })
 }

@@ -71,14 +71,19 @@ impl Converter {
         match self {
             Converter::String => {
                 let end = text.find('/').unwrap_or(text.len());
-                (1..=end).rev().filter(|n| text.is_char_boundary(*n)).collect()
+                (1..=end)
+                    .rev()
+                    .filter(|n| text.is_char_boundary(*n))
+                    .collect()
             }
             Converter::Path => {
                 // `[^/].*?`: shortest first, as Werkzeug's non-greedy regex.
                 if text.starts_with('/') || text.is_empty() {
                     return Vec::new();
                 }
-                (1..=text.len()).filter(|n| text.is_char_boundary(*n)).collect()
+                (1..=text.len())
+                    .filter(|n| text.is_char_boundary(*n))
+                    .collect()
             }
             Converter::Int => (1..=digits(0)).rev().collect(),
             Converter::Float => {
@@ -330,7 +335,16 @@ mod tests {
 
     #[test]
     fn bad_rules_are_rejected() {
-        for bad in ["a", "/<>", "/<int:1x>", "/<x", "/x>", "/<nope:x>", "/<x><y>", "/<a>/<a>"] {
+        for bad in [
+            "a",
+            "/<>",
+            "/<int:1x>",
+            "/<x",
+            "/x>",
+            "/<nope:x>",
+            "/<x><y>",
+            "/<a>/<a>",
+        ] {
             assert!(Rule::parse(bad).is_err(), "{bad} should be rejected");
         }
     }

@@ -94,7 +94,11 @@ pub(crate) fn resolve(address: &str) -> Result<SocketAddr> {
 }
 
 /// Adds `endpoint` to the server on the configured address, starting that server if needed.
-pub(crate) fn register(config: &Config, endpoint: Arc<Endpoint>, jobs: Jobs) -> Result<Registration> {
+pub(crate) fn register(
+    config: &Config,
+    endpoint: Arc<Endpoint>,
+    jobs: Jobs,
+) -> Result<Registration> {
     static OWNERS: AtomicU64 = AtomicU64::new(1);
     let addr = resolve(config.web_address())?;
     let owner = OWNERS.fetch_add(1, Ordering::Relaxed);
@@ -167,9 +171,8 @@ impl Registration {
 
 impl Server {
     fn start(addr: SocketAddr, limits: Limits) -> Result<Arc<Server>> {
-        let listener = listen(addr).map_err(|e| {
-            Error::config(format!("cannot listen for HTTP on {addr}: {e}"))
-        })?;
+        let listener = listen(addr)
+            .map_err(|e| Error::config(format!("cannot listen for HTTP on {addr}: {e}")))?;
         let local = listener.local_addr()?;
         let server = Arc::new(Server {
             shared_key: (addr.port() != 0).then_some(addr),
@@ -318,7 +321,12 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Answers a connection over the limit with 503 and closes it, without a thread.
 fn refuse(stream: &TcpStream) {
     let mut out = Vec::with_capacity(160);
-    write_simple(&mut out, 503, "Service Unavailable: too many connections\n", true);
+    write_simple(
+        &mut out,
+        503,
+        "Service Unavailable: too many connections\n",
+        true,
+    );
     // Take what already arrived, so closing does not reset the connection before the client
     // reads the answer.
     let _ = stream.set_nonblocking(true);
@@ -417,7 +425,10 @@ impl<'a> Connection<'a> {
                     &mut out,
                     405,
                     &[
-                        ("Content-Type".to_owned(), "text/plain; charset=utf-8".to_owned()),
+                        (
+                            "Content-Type".to_owned(),
+                            "text/plain; charset=utf-8".to_owned(),
+                        ),
                         ("Allow".to_owned(), allow),
                     ],
                     b"Method Not Allowed\n",
@@ -472,7 +483,10 @@ impl<'a> Connection<'a> {
                 &mut out,
                 503,
                 &[
-                    ("Content-Type".to_owned(), "text/plain; charset=utf-8".to_owned()),
+                    (
+                        "Content-Type".to_owned(),
+                        "text/plain; charset=utf-8".to_owned(),
+                    ),
                     ("Retry-After".to_owned(), RETRY_AFTER_SECS.to_string()),
                 ],
                 b"Service Unavailable: every worker is busy\n",
@@ -599,7 +613,7 @@ impl<'a> Connection<'a> {
                 .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.as_str())
         };
-        let chunked = match header("transfer-encoding").last() {
+        let chunked = match header("transfer-encoding").next_back() {
             None => false,
             Some(te) if te.trim().eq_ignore_ascii_case("chunked") => true,
             Some(_) => return Err(Stop::Answer(501, "Transfer-Encoding not supported\n")),
@@ -607,7 +621,10 @@ impl<'a> Connection<'a> {
         let lengths: Vec<&str> = header("content-length").collect();
         if chunked && !lengths.is_empty() {
             // Both framings at once is how requests are smuggled past proxies.
-            return Err(Stop::Answer(400, "Bad Request: Content-Length with chunked\n"));
+            return Err(Stop::Answer(
+                400,
+                "Bad Request: Content-Length with chunked\n",
+            ));
         }
         let expects_continue = head.minor == 1
             && header("expect")
@@ -747,7 +764,14 @@ impl Reply {
         let mut out = std::mem::take(&mut worker.buffer);
         out.clear();
         let (status, headers, body) = response.into_parts();
-        write_response(&mut out, status, &headers, &body, self.head_only, self.close);
+        write_response(
+            &mut out,
+            status,
+            &headers,
+            &body,
+            self.head_only,
+            self.close,
+        );
         if (&*self.stream).write_all(&out).is_err() {
             let _ = self.stream.shutdown(Shutdown::Both);
         }
@@ -793,9 +817,8 @@ fn head_end(data: &[u8], from: usize) -> Option<usize> {
 
 fn is_token(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn parse_head(data: &[u8]) -> std::result::Result<Head, Stop> {
@@ -934,7 +957,9 @@ mod tests {
         assert_eq!(head.method, "GET");
         assert_eq!(head.target, "/a?b=1");
         assert_eq!(head.headers[1], ("X-A".to_owned(), "y".to_owned()));
-        let head = parse_head(b"GET http://h:1/p?q HTTP/1.0\r\n\r\n").ok().unwrap();
+        let head = parse_head(b"GET http://h:1/p?q HTTP/1.0\r\n\r\n")
+            .ok()
+            .unwrap();
         assert_eq!((head.target.as_str(), head.minor), ("/p?q", 0));
         for bad in [
             &b"GET /a\r\n\r\n"[..],
