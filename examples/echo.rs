@@ -7,7 +7,11 @@
 //!
 //! RPC methods: `echo(value)` returns `value` unchanged; `add(a, b)` returns `a + b`;
 //! `fail(message)` raises `ValueError(message)`; `sleep(ms)` sleeps, then returns `ms`.
+//!
+//! HTTP (on `WEB_SERVER_ADDRESS`, default `0.0.0.0:8000`): `GET /echo/<value>` returns `value`
+//! as text; `POST /echo` returns the request body with its content type.
 
+use enoki::http::{Request, Response};
 use enoki::{Config, RemoteError, Runner, Service};
 use serde_json::Value;
 use std::time::Duration;
@@ -25,6 +29,13 @@ fn echo_service() -> Service {
         .rpc("sleep", |_ctx, (ms,): (u64,)| {
             std::thread::sleep(Duration::from_millis(ms));
             Ok(ms)
+        })
+        .http("GET", "/echo/<value>", |_ctx, req: &Request| {
+            req.param::<String>("value")
+        })
+        .http("POST", "/echo", |_ctx, req: &Request| {
+            let content_type = req.content_type().unwrap_or("application/octet-stream");
+            Ok(Response::bytes(content_type, req.body()))
         })
 }
 
