@@ -289,6 +289,17 @@ fn wrong_methods_get_405_with_allow_and_head_is_served_for_get() {
     assert_eq!(head.header("content-length"), full.header("content-length"));
     // The connection is still in step after a HEAD.
     assert_eq!(client.get("/items/new").json()["rule"], "static");
+
+    // HTTP/1.0 closes unless asked to keep the connection; `Connection: close` is honoured.
+    let mut old = Client::connect(port);
+    old.send(b"GET /items/new HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(old.reply(false).header("connection"), Some("keep-alive"));
+    old.send(b"GET /items/new HTTP/1.0\r\n\r\n");
+    assert_eq!(old.reply(false).header("connection"), Some("close"));
+    assert!(old.closed_within(WAIT));
+    let r = client.request("GET", "/items/new", &[("Connection", "close")], b"");
+    assert_eq!((r.status, r.header("connection")), (200, Some("close")));
+    assert!(client.closed_within(WAIT));
 }
 
 #[test]
@@ -724,33 +735,46 @@ fn a_flood_beyond_capacity_gets_503_and_the_server_stays_responsive() {
     for _ in 0..2 {
         entered.recv_timeout(WAIT).expect("both workers busy");
     }
-    let mut queued: Vec<Client> = (0..2).map(|_| Client::connect(port)).collect();
-    for c in &mut queued {
-        c.send(b"GET /slow HTTP/1.1\r\n\r\n");
-    }
-    // Both queued requests sit in the pool's queue: wait until a third is refused.
-    let mut refused = 0;
+    // Twenty more: two fit in the queue, eighteen are refused at once. Which two get in is up
+    // to the scheduler, so each waits for its reply on its own thread.
+    let (replies_tx, replies) = crossbeam_channel::unbounded();
     let started = Instant::now();
     for _ in 0..20 {
-        let mut c = Client::connect(port);
-        let r = c.get("/slow");
+        let replies_tx = replies_tx.clone();
+        std::thread::spawn(move || {
+            let mut c = Client::connect(port);
+            let r = c.get("/slow");
+            replies_tx.send((r, c)).unwrap();
+        });
+    }
+    let mut refused = Vec::new();
+    for _ in 0..18 {
+        let (r, c) = replies.recv_timeout(WAIT).expect("a refusal");
         assert_eq!(r.status, 503, "{}", r.text());
         assert_eq!(r.header("retry-after"), Some("1"));
-        refused += 1;
-        // The connection stays usable: 404s need no worker.
-        assert_eq!(c.get("/nothing").status, 404);
+        refused.push(c);
     }
-    assert_eq!(refused, 20);
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "503s were slow: {:?}",
         started.elapsed()
     );
+    assert!(replies.try_recv().is_err(), "only two requests were queued");
+    // Still responsive: refused connections stay usable, and 404s need no worker.
+    for c in &mut refused {
+        assert_eq!(c.get("/nothing").status, 404);
+    }
     for _ in 0..4 {
         release.send(()).unwrap();
     }
-    for c in busy.iter_mut().chain(queued.iter_mut()) {
+    for c in &mut busy {
         assert_eq!(c.reply(false).text(), "done");
+    }
+    for _ in 0..2 {
+        let (r, _c) = replies
+            .recv_timeout(WAIT)
+            .expect("the queued requests finish");
+        assert_eq!((r.status, r.text()), (200, "done"));
     }
     // Capacity is back.
     let mut c = Client::connect(port);
@@ -816,4 +840,35 @@ fn bad_routes_and_settings_fail_at_start() {
             "{error}"
         );
     }
+}
+
+#[test]
+fn stopping_finishes_requests_in_flight_and_closes_the_port() {
+    let port = free_port();
+    let (entered_tx, entered) = crossbeam_channel::unbounded::<()>();
+    let (release, gate) = crossbeam_channel::unbounded::<()>();
+    let service = Service::new("stopping").http("GET", "/slow", move |_c, _r: &Request| {
+        entered_tx.send(()).unwrap();
+        gate.recv_timeout(WAIT).expect("released");
+        Ok("done")
+    });
+    let mut container = serve_with(service, config(port));
+    let mut client = Client::connect(port);
+    client.send(b"GET /slow HTTP/1.1\r\n\r\n");
+    entered.recv_timeout(WAIT).expect("in flight");
+    let stopper = std::thread::spawn(move || container.stop());
+    assert!(
+        eventually(WAIT, || TcpStream::connect(("127.0.0.1", port)).is_err()),
+        "the listener closes first"
+    );
+    assert!(
+        !stopper.is_finished(),
+        "the stop waits for the request in flight"
+    );
+    release.send(()).unwrap();
+    assert_eq!(client.reply(false).text(), "done");
+    stopper.join().expect("stopped");
+    assert!(client.closed_within(WAIT));
+    assert_eq!(threads_named(&format!("http-c:{port}")), 0);
+    assert_eq!(threads_named(&format!("http-a:{port}")), 0);
 }

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Servers by bound address. A server with port 0 is never shared (each asks for its own port).
+/// The running servers, one per address (and per container for port 0).
 static SERVERS: std::sync::Mutex<Vec<Arc<Server>>> = std::sync::Mutex::new(Vec::new());
 
 const READ_CHUNK: usize = 8192;
@@ -48,7 +48,8 @@ struct Slot {
 }
 
 pub(crate) struct Server {
-    shared_key: Option<SocketAddr>,
+    /// The address, and for port 0 the container asking (it gets a port of its own).
+    key: (SocketAddr, usize),
     local: SocketAddr,
     limits: Limits,
     routes: RwLock<Vec<Arc<Slot>>>,
@@ -101,15 +102,19 @@ pub(crate) fn register(
 ) -> Result<Registration> {
     static OWNERS: AtomicU64 = AtomicU64::new(1);
     let addr = resolve(config.web_address())?;
+    // Port 0 asks for any free port: one per container, shared by its routes only.
+    let container = if addr.port() == 0 {
+        Arc::as_ptr(&jobs.runtime) as usize
+    } else {
+        0
+    };
+    let key = (addr, container);
     let owner = OWNERS.fetch_add(1, Ordering::Relaxed);
     let mut servers = SERVERS.lock().unwrap_or_else(|e| e.into_inner());
-    let server = match servers
-        .iter()
-        .find(|s| addr.port() != 0 && s.shared_key == Some(addr))
-    {
+    let server = match servers.iter().find(|s| s.key == key) {
         Some(server) => server.clone(),
         None => {
-            let server = Server::start(addr, super::limits(config)?)?;
+            let server = Server::start(key, super::limits(config)?)?;
             servers.push(server.clone());
             server
         }
@@ -170,12 +175,13 @@ impl Registration {
 }
 
 impl Server {
-    fn start(addr: SocketAddr, limits: Limits) -> Result<Arc<Server>> {
+    fn start(key: (SocketAddr, usize), limits: Limits) -> Result<Arc<Server>> {
+        let addr = key.0;
         let listener = listen(addr)
             .map_err(|e| Error::config(format!("cannot listen for HTTP on {addr}: {e}")))?;
         let local = listener.local_addr()?;
         let server = Arc::new(Server {
-            shared_key: (addr.port() != 0).then_some(addr),
+            key,
             local,
             limits,
             routes: RwLock::new(Vec::new()),
@@ -325,7 +331,7 @@ fn refuse(stream: &TcpStream) {
         &mut out,
         503,
         "Service Unavailable: too many connections\n",
-        true,
+        Some("close"),
     );
     // Take what already arrived, so closing does not reset the connection before the client
     // reads the answer.
@@ -385,7 +391,7 @@ impl<'a> Connection<'a> {
                 Err(Stop::Answer(status, text)) => {
                     self.settle();
                     let mut out = Vec::new();
-                    write_simple(&mut out, status, text, true);
+                    write_simple(&mut out, status, text, Some("close"));
                     let _ = (&*self.stream).write_all(&out);
                     break;
                 }
@@ -407,6 +413,12 @@ impl<'a> Connection<'a> {
         let head = self.read_head()?;
         let limits = &self.server.limits;
         let keep_alive = keep_alive(&head);
+        let connection = match (keep_alive, head.minor) {
+            (false, _) => Some("close"),
+            // HTTP/1.0 closes unless told otherwise.
+            (true, 0) => Some("keep-alive"),
+            (true, _) => None,
+        };
         let body = self.read_body(&head)?;
         self.settle();
 
@@ -420,7 +432,7 @@ impl<'a> Connection<'a> {
         let Some((slot, params)) = found else {
             let mut out = Vec::new();
             match allowed {
-                None => write_simple(&mut out, 404, "Not Found\n", !keep_alive),
+                None => write_simple(&mut out, 404, "Not Found\n", connection),
                 Some(allow) => write_response(
                     &mut out,
                     405,
@@ -433,7 +445,7 @@ impl<'a> Connection<'a> {
                     ],
                     b"Method Not Allowed\n",
                     head_only,
-                    !keep_alive,
+                    connection,
                 ),
             }
             self.write(&out)?;
@@ -453,7 +465,7 @@ impl<'a> Connection<'a> {
         let reply = Reply {
             stream: self.stream.clone(),
             head_only,
-            close: !keep_alive,
+            connection,
             done: done_tx,
         };
         let submitted = {
@@ -491,7 +503,7 @@ impl<'a> Connection<'a> {
                 ],
                 b"Service Unavailable: every worker is busy\n",
                 head_only,
-                !keep_alive,
+                connection,
             );
             self.write(&out)?;
             return Ok(keep_alive);
@@ -755,7 +767,7 @@ fn route(routes: &[Arc<Slot>], path: &str, method: &str) -> (Found, Option<Strin
 struct Reply {
     stream: Arc<TcpStream>,
     head_only: bool,
-    close: bool,
+    connection: Option<&'static str>,
     done: Sender<()>,
 }
 
@@ -770,7 +782,7 @@ impl Reply {
             &headers,
             &body,
             self.head_only,
-            self.close,
+            self.connection,
         );
         if (&*self.stream).write_all(&out).is_err() {
             let _ = self.stream.shutdown(Shutdown::Both);
@@ -894,7 +906,7 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn write_simple(out: &mut Vec<u8>, status: u16, body: &str, close: bool) {
+fn write_simple(out: &mut Vec<u8>, status: u16, body: &str, connection: Option<&'static str>) {
     let mut headers = vec![(
         "Content-Type".to_owned(),
         "text/plain; charset=utf-8".to_owned(),
@@ -902,7 +914,40 @@ fn write_simple(out: &mut Vec<u8>, status: u16, body: &str, close: bool) {
     if status == 503 {
         headers.push(("Retry-After".to_owned(), RETRY_AFTER_SECS.to_string()));
     }
-    write_response(out, status, &headers, body.as_bytes(), false, close);
+    write_response(out, status, &headers, body.as_bytes(), false, connection);
+}
+
+thread_local! {
+    /// The `Date` header of the current second.
+    static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) for seconds since the Unix epoch.
+fn http_date(secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
+        DAYS[(days % 7) as usize],
+        MONTHS[(month - 1) as usize],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Writes a whole HTTP/1.1 response into `out`. The framing headers are the server's own.
@@ -912,10 +957,22 @@ fn write_response(
     headers: &[(String, String)],
     body: &[u8],
     head_only: bool,
-    close: bool,
+    connection: Option<&'static str>,
 ) {
     use std::io::Write as _;
     let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason(status));
+    DATE.with(|date| {
+        let mut date = date.borrow_mut();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if date.0 != now {
+            *date = (now, http_date(now));
+        }
+        out.extend_from_slice(b"Date: ");
+        out.extend_from_slice(date.1.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
     for (name, value) in headers {
         if name.eq_ignore_ascii_case("content-length")
             || name.eq_ignore_ascii_case("transfer-encoding")
@@ -936,8 +993,10 @@ fn write_response(
     if !bodiless {
         let _ = write!(out, "Content-Length: {}\r\n", body.len());
     }
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
+    if let Some(connection) = connection {
+        out.extend_from_slice(b"Connection: ");
+        out.extend_from_slice(connection.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
     if !head_only && !bodiless {
@@ -997,16 +1056,32 @@ mod tests {
             ("Content-Length".to_owned(), "99".to_owned()),
             ("Bad".to_owned(), "a\r\nInjected: 1".to_owned()),
         ];
-        write_response(&mut out, 201, &headers, b"hey", false, true);
+        write_response(&mut out, 201, &headers, b"hey", false, Some("close"));
+        let text = String::from_utf8(out).unwrap();
+        let date = text.split("\r\n").nth(1).unwrap().to_owned();
+        assert!(
+            date.starts_with("Date: ") && date.ends_with(" GMT"),
+            "{date}"
+        );
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            text.replace(&format!("{date}\r\n"), ""),
             "HTTP/1.1 201 Created\r\nX-Foo: bar\r\nContent-Length: 3\r\nConnection: close\r\n\r\nhey"
         );
         let mut out = Vec::new();
-        write_response(&mut out, 200, &[], b"hey", true, false);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"
+        write_response(&mut out, 200, &[], b"hey", true, None);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\nDate: "), "{text}");
+        assert!(
+            text.ends_with(" GMT\r\nContent-Length: 3\r\n\r\n"),
+            "{text}"
         );
+    }
+
+    #[test]
+    fn dates_are_imf_fixdates() {
+        assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(http_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(http_date(1_798_761_599), "Thu, 31 Dec 2026 23:59:59 GMT");
     }
 }
