@@ -872,3 +872,30 @@ fn stopping_finishes_requests_in_flight_and_closes_the_port() {
     assert_eq!(threads_named(&format!("http-c:{port}")), 0);
     assert_eq!(threads_named(&format!("http-a:{port}")), 0);
 }
+
+#[test]
+fn a_burst_of_keep_alive_connections_is_served_at_once() {
+    // tiny_http's own pool serves only a few of these until its pool grows.
+    let service = Service::new("burst").http("GET", "/x", |_c, _r: &Request| Ok("x"));
+    let (_c, port) = serve(service);
+    let barrier = Arc::new(std::sync::Barrier::new(32));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..32)
+        .map(|_| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut c = Client::connect(port);
+                (0..10).map(|_| c.get("/x").status).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), [200; 10]);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
