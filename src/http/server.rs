@@ -356,6 +356,8 @@ struct Head {
     target: String,
     minor: u8,
     headers: Vec<(String, String)>,
+    /// When the whole request must have arrived (set once its first byte has).
+    deadline: Option<Instant>,
 }
 
 struct Connection<'a> {
@@ -590,7 +592,7 @@ impl<'a> Connection<'a> {
                 }
                 let head = parse_head(&data[..end])?;
                 self.pos += end;
-                return Ok(head);
+                return Ok(Head { deadline, ..head });
             }
             scanned = data.len().saturating_sub(3);
             if data.len() > max {
@@ -618,7 +620,9 @@ impl<'a> Connection<'a> {
 
     fn read_body(&mut self, head: &Head) -> std::result::Result<Vec<u8>, Stop> {
         let limits = &self.server.limits;
-        let deadline = Instant::now() + limits.request_timeout;
+        let deadline = head
+            .deadline
+            .unwrap_or_else(|| Instant::now() + limits.request_timeout);
         let header = |name: &'static str| {
             head.headers
                 .iter()
@@ -835,7 +839,8 @@ fn is_token(s: &str) -> bool {
 
 fn parse_head(data: &[u8]) -> std::result::Result<Head, Stop> {
     let bad = |why: &'static str| Stop::Answer(400, why);
-    let text = std::str::from_utf8(data).map_err(|_| bad("Bad Request: head is not UTF-8\n"))?;
+    // Header values are sometimes Latin-1; they are kept, not refused.
+    let text = String::from_utf8_lossy(data);
     let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     let request_line = lines.next().unwrap_or("");
     let mut words = request_line.split(' ');
@@ -895,6 +900,7 @@ fn parse_head(data: &[u8]) -> std::result::Result<Head, Stop> {
         target,
         minor,
         headers,
+        deadline: None,
     })
 }
 
