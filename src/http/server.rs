@@ -36,6 +36,9 @@ static SERVERS: std::sync::Mutex<Vec<Arc<Server>>> = std::sync::Mutex::new(Vec::
 const READ_CHUNK: usize = 8192;
 const CONNECTION_STACK: usize = 256 * 1024;
 const RETRY_AFTER_SECS: u32 = 1;
+/// How long, and how much, a connection closed after an error response keeps reading.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
 /// How long a stop waits for open connections to finish their last response.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
@@ -395,12 +398,33 @@ impl<'a> Connection<'a> {
                     let mut out = Vec::new();
                     write_simple(&mut out, status, text, Some("close"));
                     let _ = (&*self.stream).write_all(&out);
-                    break;
+                    let _ = self.stream.shutdown(Shutdown::Write);
+                    self.linger();
+                    return;
                 }
             }
         }
         self.settle();
         let _ = self.stream.shutdown(Shutdown::Write);
+    }
+
+    /// Reads and drops what the client still sends (the body of a refused upload, say) for a
+    /// moment: closing with unread data resets the connection, and a reset can destroy the
+    /// error response before the client reads it.
+    fn linger(&mut self) {
+        let until = Instant::now() + LINGER;
+        let mut sink = [0u8; 4096];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            let wait = until.saturating_duration_since(Instant::now());
+            if wait.is_zero() || self.stream.set_read_timeout(Some(wait)).is_err() {
+                return;
+            }
+            match (&*self.stream).read(&mut sink) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
     }
 
     /// Waits until the previous response is written (or its job was dropped).
