@@ -162,7 +162,11 @@ pub(crate) fn limits(config: &Config) -> Result<Limits> {
         Ok(number(key)?.map_or(default, |n| n as usize))
     };
     let seconds = |key: &str, default: Duration| -> Result<Duration> {
-        Ok(number(key)?.map_or(default, Duration::from_secs_f64))
+        match number(key)? {
+            None => Ok(default),
+            Some(n) => Duration::try_from_secs_f64(n)
+                .map_err(|_| Error::config(format!("key `{key}`: {n} seconds is too long"))),
+        }
     };
     let d = Limits::default();
     Ok(Limits {
@@ -432,5 +436,72 @@ fn error_response(endpoint: &Endpoint, error: &Error) -> Response {
         Response::bytes("application/json", body.to_string()).status(status)
     } else {
         Response::text(format!("Error: {}: {}\n", remote.exc_type, remote.value)).status(status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn limits_come_from_keys_and_the_environment() {
+        assert_eq!(Config::new().http_limits().unwrap(), Limits::default());
+        let config = Config::new()
+            .set("HTTP_MAX_CONNECTIONS", json!(8))
+            .unwrap()
+            .set("HTTP_IDLE_TIMEOUT", json!(0.25))
+            .unwrap()
+            .set("HTTP_QUEUE_TIMEOUT", json!("0"))
+            .unwrap();
+        let limits = config.http_limits().unwrap();
+        assert_eq!(limits.max_connections, 8);
+        assert_eq!(limits.idle_timeout, Duration::from_millis(250));
+        assert_eq!(limits.queue_timeout, Duration::ZERO);
+        assert_eq!(limits.max_body_bytes, Limits::default().max_body_bytes);
+
+        let env = |key: &str| match key {
+            "HTTP_MAX_BODY_SIZE" => Some("2048".to_owned()),
+            "HTTP_WRITE_TIMEOUT" => Some(" ".to_owned()),
+            _ => None,
+        };
+        let limits = Config::from_env_with(env).unwrap().http_limits().unwrap();
+        assert_eq!(limits.max_body_bytes, 2048);
+        assert_eq!(limits.write_timeout, Limits::default().write_timeout);
+
+        let error = Config::new()
+            .set("HTTP_IDLE_TIMEOUT", json!(1e30))
+            .unwrap()
+            .http_limits()
+            .unwrap_err();
+        assert!(error.to_string().contains("too long"), "{error}");
+        for bad in [json!(-1), json!("soon"), json!([1]), json!("inf")] {
+            let config = Config::new()
+                .set("HTTP_REQUEST_TIMEOUT", bad.clone())
+                .unwrap();
+            let error = config.http_limits().unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                "configuration: key `HTTP_REQUEST_TIMEOUT`: must be a non-negative number",
+                "{bad}"
+            );
+        }
+        let bad_env = |key: &str| (key == "HTTP_MAX_CONNECTIONS").then(|| "many".to_owned());
+        assert!(Config::from_env_with(bad_env).is_err());
+    }
+
+    #[test]
+    fn methods_are_normalized_and_head_follows_get() {
+        let handler: Handler = Arc::new(|_ctx, _req| Ok(Response::new(200)));
+        let e = endpoint(&Route::new("get, post,GET", "/x"), handler.clone()).unwrap();
+        assert_eq!(e.methods, ["GET", "POST", "HEAD"]);
+        assert_eq!(&*e.name, "/x");
+        let e = endpoint(&Route::new("DELETE", "/x").name("remove"), handler.clone()).unwrap();
+        assert_eq!(
+            (e.methods.as_slice(), &*e.name),
+            (&["DELETE".to_owned()][..], "remove")
+        );
+        assert!(endpoint(&Route::new("", "/x"), handler.clone()).is_err());
+        assert!(endpoint(&Route::new("GET", "x"), handler).is_err());
     }
 }
