@@ -20,7 +20,7 @@ use super::Limits;
 use super::message::{Request, percent_decode};
 use crate::container::{Jobs, Worker};
 use crate::{Config, Error, Result};
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -36,6 +36,11 @@ static SERVERS: std::sync::Mutex<Vec<Arc<Server>>> = std::sync::Mutex::new(Vec::
 const READ_CHUNK: usize = 8192;
 const CONNECTION_STACK: usize = 256 * 1024;
 const RETRY_AFTER_SECS: u32 = 1;
+/// How long a worker may block writing a response before it hands the rest to the connection's
+/// own thread, so a client that does not read cannot hold workers.
+const WORKER_WRITE: Duration = Duration::from_millis(50);
+/// How often a connection thread looks for a handed-over response while a job runs.
+const POLL: Duration = Duration::from_millis(25);
 /// How long, and how much, a connection closed after an error response keeps reading.
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1024 * 1024;
@@ -285,7 +290,9 @@ impl Server {
             };
             // Inherited from the listener on Linux; set again for platforms that do not.
             let _ = stream.set_nodelay(true);
-            let _ = stream.set_write_timeout(Some(self.limits.write_timeout));
+            // Short, so that a worker writing to a client that does not read soon hands the
+            // rest to the connection thread; that one retries up to HTTP_WRITE_TIMEOUT.
+            let _ = stream.set_write_timeout(Some(WORKER_WRITE.min(self.limits.write_timeout)));
             let stream = Arc::new(stream);
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             {
@@ -371,7 +378,9 @@ struct Connection<'a> {
     pos: usize,
     timeout: Option<Duration>,
     /// Signals when the previous request's response has been written.
-    pending: Option<Receiver<()>>,
+    /// The previous request's job: it sends, once its response is written, what it could not
+    /// write in time (if anything), for this thread to finish.
+    pending: Option<Receiver<Option<Vec<u8>>>>,
 }
 
 impl<'a> Connection<'a> {
@@ -394,17 +403,19 @@ impl<'a> Connection<'a> {
                 Ok(false) => break,
                 Err(Stop::Quiet) => break,
                 Err(Stop::Answer(status, text)) => {
-                    self.settle();
+                    if self.settle().is_err() {
+                        return;
+                    }
                     let mut out = Vec::new();
                     write_simple(&mut out, status, text, Some("close"));
-                    let _ = (&*self.stream).write_all(&out);
+                    let _ = self.write(&out);
                     let _ = self.stream.shutdown(Shutdown::Write);
                     self.linger();
                     return;
                 }
             }
         }
-        self.settle();
+        let _ = self.settle();
         let _ = self.stream.shutdown(Shutdown::Write);
     }
 
@@ -427,11 +438,15 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Waits until the previous response is written (or its job was dropped).
-    fn settle(&mut self) {
-        if let Some(pending) = self.pending.take() {
-            let _ = pending.recv();
+    /// Waits until the previous response is written (or its job was dropped), finishing the
+    /// write if the worker handed it over.
+    fn settle(&mut self) -> std::result::Result<(), Stop> {
+        if let Some(pending) = self.pending.take()
+            && let Ok(Some(rest)) = pending.recv()
+        {
+            self.write(&rest)?;
         }
+        Ok(())
     }
 
     /// Reads, routes and dispatches one request; `false` once the connection should close.
@@ -446,7 +461,7 @@ impl<'a> Connection<'a> {
             (true, _) => None,
         };
         let body = self.read_body(&head)?;
-        self.settle();
+        self.settle()?;
 
         let (path, query) = match head.target.split_once('?') {
             Some((p, q)) => (p, q),
@@ -539,7 +554,11 @@ impl<'a> Connection<'a> {
     }
 
     fn write(&self, bytes: &[u8]) -> std::result::Result<(), Stop> {
-        (&*self.stream).write_all(bytes).map_err(|_| Stop::Quiet)
+        let deadline = Instant::now() + self.server.limits.write_timeout;
+        match write_until(&self.stream, bytes, Some(deadline)) {
+            (_, None) => Ok(()),
+            (_, Some(_)) => Err(Stop::Quiet),
+        }
     }
 
     fn set_timeout(&mut self, timeout: Duration) {
@@ -561,6 +580,8 @@ impl<'a> Connection<'a> {
                 }
                 left
             }
+            // While a job runs, look in now and then for a response to finish writing.
+            None if self.pending.is_some() => POLL.min(self.server.limits.idle_timeout),
             None => self.server.limits.idle_timeout,
         };
         self.set_timeout(timeout);
@@ -629,12 +650,20 @@ impl<'a> Connection<'a> {
                 if deadline.is_some() {
                     return Err(Stop::Answer(408, "Request Timeout\n"));
                 }
-                // Idle: unless a handler is still working on the previous request, close.
-                match self.pending.take() {
-                    Some(pending) => {
-                        let _ = pending.recv();
+                // Idle: close, unless the previous request is still being worked on or
+                // written, which does not count as idle.
+                let Some(pending) = &self.pending else {
+                    return Err(Stop::Quiet);
+                };
+                match pending.try_recv() {
+                    Err(TryRecvError::Empty) => {}
+                    Ok(rest) => {
+                        self.pending = None;
+                        if let Some(rest) = rest {
+                            self.write(&rest)?;
+                        }
                     }
-                    None => return Err(Stop::Quiet),
+                    Err(TryRecvError::Disconnected) => self.pending = None,
                 }
             } else if deadline.is_none() {
                 deadline = Some(Instant::now() + limits.request_timeout);
@@ -672,7 +701,7 @@ impl<'a> Connection<'a> {
                 .is_some_and(|e| e.trim().eq_ignore_ascii_case("100-continue"));
         if chunked {
             if expects_continue {
-                self.settle();
+                self.settle()?;
                 self.write(b"HTTP/1.1 100 Continue\r\n\r\n")?;
             }
             return self.read_chunked(deadline);
@@ -702,7 +731,7 @@ impl<'a> Connection<'a> {
             return Ok(Vec::new());
         }
         if expects_continue && self.buf.len() - self.pos < length {
-            self.settle();
+            self.settle()?;
             self.write(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         }
         while self.buf.len() - self.pos < length {
@@ -796,7 +825,7 @@ struct Reply {
     stream: Arc<TcpStream>,
     head_only: bool,
     connection: Option<&'static str>,
-    done: Sender<()>,
+    done: Sender<Option<Vec<u8>>>,
 }
 
 impl Reply {
@@ -812,15 +841,48 @@ impl Reply {
             self.head_only,
             self.connection,
         );
-        if (&*self.stream).write_all(&out).is_err() {
-            let _ = self.stream.shutdown(Shutdown::Both);
+        // Signalled first thing after the write: the connection thread may be waiting.
+        match write_until(&self.stream, &out, None) {
+            (_, None) => {
+                let _ = self.done.send(None);
+            }
+            (written, Some(e)) if is_timeout(&e) => {
+                let _ = self.done.send(Some(out[written..].to_vec()));
+            }
+            (_, Some(_)) => {
+                let _ = self.stream.shutdown(Shutdown::Both);
+                let _ = self.done.send(None);
+            }
         }
         if out.capacity() > 64 * 1024 {
             out = Vec::with_capacity(256);
         }
         worker.buffer = out;
-        let _ = self.done.send(());
     }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
+/// Writes `bytes`, retrying writes that time out until `deadline` (without one, gives up at the
+/// first timeout). Returns how much was written and the error that stopped it, if any.
+fn write_until(
+    stream: &TcpStream,
+    bytes: &[u8],
+    deadline: Option<Instant>,
+) -> (usize, Option<std::io::Error>) {
+    let mut written = 0;
+    while written < bytes.len() {
+        match (&*stream).write(&bytes[written..]) {
+            Ok(0) => return (written, Some(ErrorKind::WriteZero.into())),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if is_timeout(&e) && deadline.is_some_and(|d| Instant::now() < d) => {}
+            Err(e) => return (written, Some(e)),
+        }
+    }
+    (written, None)
 }
 
 fn keep_alive(head: &Head) -> bool {
