@@ -68,7 +68,7 @@
 //! | `HTTP_MAX_BODY_SIZE` | 1048576 bytes | a bigger body gets 413 (before it is read) |
 //! | `HTTP_REQUEST_TIMEOUT` | 30 s | a request (head and body) not complete in time gets 408 |
 //! | `HTTP_IDLE_TIMEOUT` | 15 s | a keep-alive connection idle that long is closed |
-//! | `HTTP_WRITE_TIMEOUT` | 30 s | a client that does not read its response is dropped |
+//! | `HTTP_WRITE_TIMEOUT` | 30 s | a client that does not read its response is dropped; a worker gives up writing after 50 ms and leaves the rest to the connection's thread, so such clients hold no worker |
 //! | `HTTP_QUEUE_TIMEOUT` | 1 s | how long a request waits for room in the worker queue before 503 with `Retry-After` |
 //!
 //! Timeouts are in seconds (fractions allowed). At most `max_workers` requests per service

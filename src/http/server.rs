@@ -13,7 +13,9 @@
 //! submits it as a job; the worker runs the handler and writes the response itself, so a reply
 //! takes one thread hop as in a bare tiny_http server. The connection thread goes back to
 //! reading at once, and waits for the previous response before it dispatches the next request,
-//! so responses keep their order.
+//! so responses keep their order. A worker whose write blocks for 50 ms (a client that does not
+//! read) hands the rest to the connection thread, which finishes it within
+//! `HTTP_WRITE_TIMEOUT`: slow readers hold their own thread, never a worker.
 
 use super::Endpoint;
 use super::Limits;
