@@ -97,9 +97,9 @@ fn main() {
     }
     println!(
         "\nworst enoki/floor ratio: {worst:.2}x; round trips over {} ms: enoki {stalls}, floor \
-         {floor_stalls}\n(the Nagle/delayed-ACK trap stalls every round trip of a 2 KB or 40 KB \
-         body, so p50 would read about 40000 us; a few stalls at 16 connections are the \
-         scheduler of a busy machine, and hit both servers)",
+         {floor_stalls}\n(losing TCP_NODELAY stalls every round trip of the 1-connection cells, \
+         p50 about 40000 us, as the floor shows without it; scattered stalls at 16 connections \
+         are threads waiting for a CPU when the machine is oversubscribed)",
         STALL.as_millis()
     );
     container.stop();
