@@ -371,7 +371,7 @@ impl Key {
 /// | `HEARTBEAT` | 60 seconds |
 /// | `PREFETCH_COUNT` | unset: the prefetch is `max_workers` |
 /// | `WEB_SERVER_ADDRESS` | `0.0.0.0:8000` |
-/// | `HTTP_MAX_CONNECTIONS`, `HTTP_MAX_HEADER_SIZE`, `HTTP_MAX_BODY_SIZE`, `HTTP_REQUEST_TIMEOUT`, `HTTP_IDLE_TIMEOUT`, `HTTP_WRITE_TIMEOUT`, `HTTP_QUEUE_TIMEOUT` | see [`crate::http`]; read by [`Config::http_limits`] |
+/// | `HTTP_MAX_CONNECTIONS` and the other `HTTP_*` limits | see [`crate::http`] |
 ///
 /// Any other key is kept as a JSON value and read with [`Config::get`]. `Debug` hides the AMQP
 /// password.
