@@ -57,7 +57,11 @@
 //! Every service in the process whose `WEB_SERVER_ADDRESS` is the same shares one server (Nameko
 //! instead binds once per service, and the kernel spreads connections so that about half get a
 //! 404). The first service to start opens it with its configuration's limits; the last to stop
-//! closes it. Two routes with the same rule and a common method are a startup error.
+//! closes it. Two routes with the same rule and a common method are a startup error. Port 0
+//! gives each service a free port of its own, shown in the log (`http: listening on ...`).
+//!
+//! Threads: one acceptor per server and one thread per open connection (at most
+//! `HTTP_MAX_CONNECTIONS`); handlers run on the services' workers.
 //!
 //! # Limits
 //!
