@@ -6,7 +6,8 @@
 //! keep-alive connections (opened one at a time and warmed up, since tiny_http's pool
 //! starves connections that arrive together), with 16 B, 2 KB and 40 KB bodies, on one
 //! connection (latency, where a Nagle/delayed-ACK stall shows as a 40 ms p99) and on several
-//! (throughput).
+//! (throughput). Each cell keeps the best of three alternating rounds per server, since the
+//! machine is shared. Last, a burst: 32 connections opened at once, each with one request.
 //!
 //! ```text
 //! cargo bench --bench http
@@ -71,7 +72,7 @@ fn main() {
             // Alternate, keeping each side's best round: the machine is shared and noisy.
             let mut floor = Stats::default();
             let mut enoki = Stats::default();
-            for _ in 0..2 {
+            for _ in 0..3 {
                 floor = floor.best(load(floor_port, size, conns, run));
                 enoki = enoki.best(load(enoki_port, size, conns, run));
             }
@@ -95,6 +96,16 @@ fn main() {
             );
         }
     }
+    let (floor_burst, enoki_burst) = (burst(floor_port), burst(enoki_port));
+    println!(
+        "\nburst: {BURST} new keep-alive connections at once, one 16 B request each; served \
+         within {} s: floor {}/{BURST} (slowest {:.1} ms), enoki {}/{BURST} (slowest {:.1} ms)",
+        BURST_WAIT.as_secs(),
+        floor_burst.0,
+        floor_burst.1,
+        enoki_burst.0,
+        enoki_burst.1
+    );
     println!(
         "\nworst enoki/floor ratio: {worst:.2}x; round trips over {} ms: enoki {stalls}, floor \
          {floor_stalls}\n(losing TCP_NODELAY stalls every round trip of the 1-connection cells, \
@@ -103,6 +114,42 @@ fn main() {
         STALL.as_millis()
     );
     container.stop();
+}
+
+const BURST: usize = 32;
+const BURST_WAIT: Duration = Duration::from_secs(2);
+
+/// Opens `BURST` connections at once, each sending one request and keeping its connection
+/// open until all are done (tiny_http's pool serves only a few of them until others close).
+/// Returns how many were answered within `BURST_WAIT`, and the slowest answer in ms.
+fn burst(port: u16) -> (usize, f64) {
+    let request =
+        b"POST /echo HTTP/1.1\r\nHost: bench\r\nContent-Length: 16\r\n\r\n0123456789abcdef";
+    let barrier = Arc::new(std::sync::Barrier::new(BURST));
+    let done = Arc::new(std::sync::Barrier::new(BURST));
+    let threads: Vec<_> = (0..BURST)
+        .map(|_| {
+            let (barrier, done) = (barrier.clone(), done.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let started = Instant::now();
+                let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                stream.set_read_timeout(Some(BURST_WAIT)).expect("timeout");
+                let _ = stream.write_all(request);
+                let mut chunk = [0u8; 1024];
+                let answered = matches!(stream.read(&mut chunk), Ok(n) if n > 0);
+                let took = started.elapsed();
+                done.wait();
+                answered.then_some(took)
+            })
+        })
+        .collect();
+    let times: Vec<Duration> = threads
+        .into_iter()
+        .filter_map(|t| t.join().expect("burst thread"))
+        .collect();
+    let slowest = times.iter().max().map_or(0.0, |d| d.as_secs_f64() * 1e3);
+    (times.len(), slowest)
 }
 
 fn human(size: usize) -> String {
