@@ -36,6 +36,7 @@ fn spawn(bin: &str, uri: &str, name: &str) -> Child {
     Command::new(bin)
         .env("AMQP_URI", uri)
         .env("ECHO_SERVICE_NAME", name)
+        .env("WEB_SERVER_ADDRESS", "127.0.0.1:0")
         .env("ENOKI_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()

@@ -106,6 +106,7 @@ fn spawn_echo(binary: &str, uri: &str) -> Child {
     Command::new(binary)
         .env("AMQP_URI", uri)
         .env("ECHO_SERVICE_NAME", SERVICE)
+        .env("WEB_SERVER_ADDRESS", "127.0.0.1:0")
         .env("ENOKI_LOG", "warn")
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"))

@@ -21,7 +21,11 @@
 //! cargo run --bin enoki -- dispatch echo_source ping '{"n": 1}'
 //! cargo run --bin enoki -- call echo.received          # [{"n": 1}]
 //! ```
+//!
+//! HTTP (on `WEB_SERVER_ADDRESS`, default `0.0.0.0:8000`): `GET /echo/<value>` returns `value`
+//! as text; `POST /echo` returns the request body with its content type.
 
+use enoki::http::{Request, Response};
 use enoki::{ClusterRpcProxy, Config, ErrorKind, RemoteError, Runner, Service};
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -49,6 +53,13 @@ fn echo_service() -> Service {
             Ok(())
         })
         .rpc("received", move |_ctx, ()| Ok(seen.lock().clone()))
+        .http("GET", "/echo/<value>", |_ctx, req: &Request| {
+            req.param::<String>("value")
+        })
+        .http("POST", "/echo", |_ctx, req: &Request| {
+            let content_type = req.content_type().unwrap_or("application/octet-stream");
+            Ok(Response::bytes(content_type, req.body()))
+        })
 }
 
 /// Adds integers, floats or strings, as Python's `a + b` would.

@@ -447,6 +447,7 @@ impl Key {
 /// | `HEARTBEAT` | 60 seconds |
 /// | `PREFETCH_COUNT` | unset: the prefetch is `max_workers` |
 /// | `WEB_SERVER_ADDRESS` | `0.0.0.0:8000` |
+/// | `HTTP_MAX_CONNECTIONS` and the other `HTTP_*` limits | see [`crate::http`] |
 ///
 /// Any other key is kept as a JSON value and read with [`Config::get`]. `Debug` hides the AMQP
 /// password.
@@ -503,7 +504,8 @@ impl Config {
 
     /// Defaults, then the JSON file named by `ENOKI_CONFIG` if that is set, then the
     /// environment variables `AMQP_URI`, `MAX_WORKERS`, `PARENT_CALLS_TRACKED`, `RPC_EXCHANGE`,
-    /// `HEARTBEAT`, `PREFETCH_COUNT` and `WEB_SERVER_ADDRESS`.
+    /// `HEARTBEAT`, `PREFETCH_COUNT` and `WEB_SERVER_ADDRESS`, and the HTTP limits
+    /// (`HTTP_MAX_CONNECTIONS` and the other `HTTP_*` keys of [`crate::http`]).
     ///
     /// An empty variable restores the key's default. Fails with a configuration error naming
     /// the file or variable at fault.
@@ -526,6 +528,12 @@ impl Config {
                 config.apply(key, Value::String(value), &context)?;
             }
         }
+        for key in crate::http::LIMIT_KEYS {
+            if let Some(value) = lookup(key).filter(|v| !v.trim().is_empty()) {
+                config.values.insert(key.to_owned(), Value::String(value));
+            }
+        }
+        config.http_limits()?;
         Ok(config)
     }
 
@@ -749,6 +757,12 @@ impl Config {
     /// The HTTP bind address (`WEB_SERVER_ADDRESS`).
     pub fn web_address(&self) -> &str {
         &self.web_server_address
+    }
+
+    /// The HTTP server's limits, from the `HTTP_*` keys (see [`crate::http`] for each key and
+    /// its default); fails with a configuration error if one is not a non-negative number.
+    pub fn http_limits(&self) -> Result<crate::http::Limits> {
+        crate::http::limits(self)
     }
 
     /// The value of any key; known keys match case-insensitively and are given as JSON (e.g.

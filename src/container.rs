@@ -149,7 +149,6 @@ pub(crate) type Job = Box<dyn FnOnce(&mut Worker) + Send>;
 /// The pool's job queue, bounded by `max_workers`: how HTTP requests and timer ticks reach the
 /// workers. The pool exits once every handle is dropped and the queue is empty.
 #[derive(Clone)]
-#[allow(dead_code)] // until the first entrypoint kind lands
 pub(crate) struct Jobs {
     tx: Sender<Job>,
     pub(crate) runtime: Arc<Runtime>,
@@ -164,9 +163,9 @@ impl fmt::Debug for Jobs {
     }
 }
 
-#[allow(dead_code)] // until the first entrypoint kind lands
 impl Jobs {
     /// Queues `job`, waiting for room; gives it back if the pool has shut down.
+    #[allow(dead_code)] // HTTP uses the bounded forms; for kinds that may wait (timers)
     pub(crate) fn submit(&self, job: Job) -> std::result::Result<(), Job> {
         self.tx.send(job).map_err(|e| e.into_inner())
     }

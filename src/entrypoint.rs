@@ -17,6 +17,7 @@ use std::sync::Arc;
 /// hold no [`Jobs`] handle, so the workers can drain and exit.
 pub(crate) trait Entrypoint: Send + fmt::Debug {
     /// The kind, as Nameko names it: `event_handler`, `http`, `timer`, `consume`.
+    #[allow(dead_code)] // read by nothing yet; meant for `describe` and logs
     fn kind(&self) -> &'static str;
 
     /// The entrypoint's name (the handler's name, the route, the interval).
@@ -79,7 +80,8 @@ pub(crate) enum Input {
     Payload(Vec<u8>),
     /// A timer tick.
     Tick,
-    // TODO(http): `Request(crate::http::Request)`, answered with `Invoked::Response(..)`.
+    /// An HTTP request, answered with [`Invoked::Response`].
+    Request(crate::http::Request),
 }
 
 impl Input {
@@ -87,6 +89,7 @@ impl Input {
         match self {
             Input::Payload(_) => "a message payload",
             Input::Tick => "a timer tick",
+            Input::Request(_) => "an HTTP request",
         }
     }
 
@@ -104,5 +107,6 @@ impl Input {
 pub(crate) enum Invoked {
     /// The handler ran and succeeded; events, messages and ticks have no result.
     Done,
-    // TODO(http): `Response(crate::http::Response)`.
+    /// The response an HTTP entrypoint gave, errors included (they are responses too).
+    Response(crate::http::Response),
 }

@@ -84,6 +84,7 @@ mod dependency;
 mod entrypoint;
 mod error;
 mod events;
+pub mod http;
 mod id;
 pub mod logger;
 mod memory;

@@ -645,3 +645,49 @@ fn a_hook_on_a_runners_broker_calls_its_services_for_real() {
     let receipt: String = hook.rpc("buy", ("tea", 3)).expect("buy");
     assert_eq!(receipt, "charged 3 for \"tea\"");
 }
+
+#[test]
+fn http_routes_are_called_through_a_worker_without_sockets() {
+    use enoki::http::{Request, Route};
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let service = Service::new("http_hooked")
+        .http("GET", "/items/<int:id>", move |ctx, req: &Request| {
+            record
+                .lock()
+                .push((req.param::<i64>("id")?, ctx.language().map(str::to_owned)));
+            Ok(format!("item {}", req.param::<i64>("id")?))
+        })
+        .http_route(
+            Route::new("POST", "/fail").name("fail"),
+            |_ctx, _req: &Request| -> enoki::Result<String> {
+                Err(RemoteError::new("ValueError", "nope").into())
+            },
+        );
+    let hook = Hook::new(service).expect("hook");
+
+    let ok = hook
+        .entrypoint("GET /items/<int:id>")
+        .context("language", "fr")
+        .http(Request::new("GET", "/items/42"))
+        .expect("answered");
+    assert_eq!(ok.status_code(), 200);
+    assert_eq!(ok.body_bytes(), b"item 42");
+    assert_eq!(*seen.lock(), vec![(42, Some("fr".to_owned()))]);
+
+    let not_found = hook
+        .http("GET /items/<int:id>", Request::new("GET", "/items/x"))
+        .expect("answered");
+    assert_eq!(not_found.status_code(), 404);
+    let wrong_method = hook
+        .http("GET /items/<int:id>", Request::new("DELETE", "/items/1"))
+        .expect("answered");
+    assert_eq!(wrong_method.status_code(), 405);
+    assert_eq!(wrong_method.header_value("Allow"), Some("GET, HEAD"));
+    let failed = hook
+        .http("fail", Request::new("POST", "/fail"))
+        .expect("answered");
+    assert_eq!(failed.status_code(), 500);
+    assert_eq!(failed.body_bytes(), b"Error: ValueError: nope\n");
+    assert_eq!(seen.lock().len(), 1, "404 and 405 never reach the handler");
+}

@@ -3,7 +3,7 @@
 use crate::args::IntoArgs;
 use crate::container::{Runtime, transport_for};
 use crate::dependency::ContainerInfo;
-use crate::entrypoint::{Entrypoint, Input, Invocation};
+use crate::entrypoint::{Entrypoint, Input, Invocation, Invoked};
 use crate::rpc::Handler;
 use crate::service::Service;
 use crate::transport::Headers;
@@ -175,6 +175,35 @@ impl Hook {
         self.entrypoint(name).tick()
     }
 
+    /// Sends `request` to the HTTP route named `route` (its [`Route::name`](crate::http::Route::name),
+    /// or `"<methods> <rule>"` as declared, e.g. `"GET /echo/<value>"`) and returns its
+    /// response, as the server would give it: path values bound by the rule, 404 for a path
+    /// the rule does not fit, 405 for another method, error responses for failed handlers.
+    ///
+    /// ```
+    /// use enoki::Service;
+    /// use enoki::http::Request;
+    /// use enoki::testing::Hook;
+    ///
+    /// # fn main() -> enoki::Result<()> {
+    /// let service = Service::new("greeter").http("GET", "/hello/<name>", |_ctx, req: &Request| {
+    ///     Ok(format!("Hello, {}!", req.param::<String>("name")?))
+    /// });
+    /// let hook = Hook::new(service)?;
+    /// let response = hook.http("GET /hello/<name>", Request::new("GET", "/hello/Ada"))?;
+    /// assert_eq!(response.status_code(), 200);
+    /// assert_eq!(response.body_bytes(), b"Hello, Ada!");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn http(
+        &self,
+        route: &str,
+        request: crate::http::Request,
+    ) -> Result<crate::http::Response> {
+        self.entrypoint(route).http(request)
+    }
+
     /// Stops the dependencies, as a container's graceful stop does. Dropping the hook does the
     /// same.
     pub fn stop(mut self) {
@@ -197,7 +226,7 @@ impl Hook {
         }
     }
 
-    fn invoke(&self, kind: &str, name: &str, call: Invocation) -> Result<()> {
+    fn invoke(&self, kind: &str, name: &str, call: Invocation) -> Result<Invoked> {
         let entrypoints = self.entrypoints.lock();
         let Some(entrypoint) = entrypoints
             .iter()
@@ -217,7 +246,7 @@ impl Hook {
                 }
             )));
         };
-        entrypoint.invoke(&self.runtime, call).map(|_| ())
+        entrypoint.invoke(&self.runtime, call)
     }
 }
 
@@ -302,7 +331,22 @@ impl Call<'_> {
             headers: self.headers,
             input: Input::Tick,
         };
-        self.hook.invoke("timer", &self.name, call)
+        self.hook.invoke("timer", &self.name, call).map(|_| ())
+    }
+
+    /// Sends an HTTP request to the route (see [`Hook::http`]).
+    pub fn http(self, request: crate::http::Request) -> Result<crate::http::Response> {
+        let call = Invocation {
+            headers: self.headers,
+            input: Input::Request(request),
+        };
+        match self.hook.invoke("http", &self.name, call)? {
+            Invoked::Response(response) => Ok(response),
+            Invoked::Done => Err(Error::config(format!(
+                "http route `{}` gave no response",
+                self.name
+            ))),
+        }
     }
 
     fn payload<T: Serialize + ?Sized>(self, kind: &str, payload: &T) -> Result<()> {
@@ -310,6 +354,6 @@ impl Call<'_> {
             headers: self.headers,
             input: Input::Payload(serde_json::to_vec(payload)?),
         };
-        self.hook.invoke(kind, &self.name, call)
+        self.hook.invoke(kind, &self.name, call).map(|_| ())
     }
 }
