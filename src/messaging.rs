@@ -359,6 +359,10 @@ impl Entrypoint for ConsumeEntrypoint {
         self.name.clone()
     }
 
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({"kind": self.kind(), "name": self.name, "queue": self.options.queue.name})
+    }
+
     fn validate(&self, _service: &str, _config: &Config) -> Result<()> {
         if let Some(conflict) = &self.conflict {
             return Err(Error::config(conflict.clone()));

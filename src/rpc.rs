@@ -244,6 +244,16 @@ pub(crate) fn run_worker(
         dep.dependency.worker_setup(ctx);
     }
     let ctx = &*ctx;
+    let started = runtime.metrics.as_ref().map(|_| std::time::Instant::now());
+    let result = run_body(ctx, body);
+    if let (Some(metrics), Some(started)) = (&runtime.metrics, started) {
+        metrics.record(ctx.entrypoint(), started.elapsed(), result.is_err());
+    }
+    result
+}
+
+/// Runs the handler with panics caught; a panic becomes a `PanicError` remote error.
+fn run_body(ctx: &WorkerContext, body: impl FnOnce(&WorkerContext) -> Result<()>) -> Result<()> {
     match catch_unwind(AssertUnwindSafe(|| body(ctx))) {
         Ok(result) => {
             if let Err(e) = &result {
