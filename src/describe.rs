@@ -102,6 +102,33 @@ pub struct Entrypoint {
 }
 
 impl Entrypoint {
+    /// One line for people: `rpc place`, `event orders.order_placed (broadcast)`,
+    /// `timer report every 60s`.
+    pub fn summary(&self) -> String {
+        match self.kind.as_str() {
+            "event_handler" => {
+                let mut line = format!(
+                    "event {}.{}",
+                    self.detail("source").unwrap_or("?"),
+                    self.detail("event_type").unwrap_or("?")
+                );
+                if let Some(t) = self.detail("handler_type").filter(|t| *t != "service_pool") {
+                    let _ = write!(line, " ({t})");
+                }
+                line
+            }
+            "timer" => match self.details.get("interval").and_then(Value::as_f64) {
+                Some(secs) => format!("timer {} every {secs}s", self.name),
+                None => format!("timer {}", self.name),
+            },
+            "consume" => match self.detail("queue") {
+                Some(queue) => format!("consume {} from {queue}", self.name),
+                None => format!("consume {}", self.name),
+            },
+            kind => format!("{kind} {}", self.name),
+        }
+    }
+
     /// A detail as a string, if present.
     pub fn detail(&self, key: &str) -> Option<&str> {
         self.details.get(key).and_then(Value::as_str)
@@ -374,7 +401,7 @@ pub struct Node {
     pub instances: usize,
     /// Its versions, as its instances report them.
     pub versions: Vec<String>,
-    /// Its entrypoints (union over instances), as `kind name`.
+    /// Its entrypoints (union over instances), as [`Entrypoint::summary`] gives them.
     pub entrypoints: Vec<String>,
 }
 
@@ -432,7 +459,7 @@ impl Graph {
                 node.versions.push(v.clone());
             }
             for e in &d.entrypoints {
-                let shown = format!("{} {}", e.kind, e.name);
+                let shown = e.summary();
                 if !node.entrypoints.contains(&shown) {
                     node.entrypoints.push(shown);
                 }
