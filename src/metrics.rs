@@ -141,8 +141,10 @@ impl Metrics {
 
     /// The consumer lost its connection and will reconnect.
     pub(crate) fn consumer_lost(&self) {
-        self.ready.store(false, Ordering::Release);
-        self.reconnects.fetch_add(1, Ordering::Relaxed);
+        // Counted once per lost connection, not per failed attempt to get it back.
+        if self.ready.swap(false, Ordering::AcqRel) {
+            self.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The container stopped consuming.
@@ -300,7 +302,7 @@ pub(crate) fn render(all: &[Arc<Metrics>]) -> String {
     family(
         "enoki_reconnects_total",
         "counter",
-        "Times the consumer lost its broker connection.",
+        "Times the consumer lost an established broker connection.",
         &mut |out| {
             per_service(out, "enoki_reconnects_total", &|m| {
                 m.reconnects.load(Ordering::Relaxed)
