@@ -333,7 +333,7 @@ mod tests {
         m.record("buy", Duration::from_micros(300), true);
         m.record("unknown", Duration::from_micros(300), true);
         m.consumer_ready();
-        let text = render(&[m.clone()]);
+        let text = render(std::slice::from_ref(&m));
         assert!(
             text.contains(
                 "enoki_calls_total{service=\"shop\",entrypoint=\"buy\",kind=\"rpc\"} 2\n"
