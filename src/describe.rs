@@ -5,7 +5,7 @@
 //! the fanout exchange `enoki.discovery`. [`discover`] publishes one request there with a
 //! `reply_to`, and every container answers it as an RPC reply (on the RPC exchange, routed by
 //! `reply_to`, with the request's `correlation_id`) with its [`Description`]: name, version,
-//! entrypoints, the services it calls through [`RpcProxy`](crate::RpcProxy), the events it
+//! entrypoints, the services it calls through [`RpcProxy`], the events it
 //! dispatches, host, process id and, when metrics are on, its numbers. No management plugin is
 //! needed, and Python Nameko services sharing the broker never see the exchange.
 //!
@@ -74,7 +74,7 @@ pub struct Description {
     pub enoki: String,
     /// Its entrypoints: RPC methods first, then the others in the order they were added.
     pub entrypoints: Vec<Entrypoint>,
-    /// The services it calls through [`RpcProxy`](crate::RpcProxy).
+    /// The services it calls through [`RpcProxy`].
     #[serde(default)]
     pub calls: Vec<String>,
     /// The event types it dispatches (declared ones, and any others dispatched so far).
