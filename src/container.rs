@@ -777,6 +777,12 @@ impl Runner {
         Ok(())
     }
 
+    /// The address metrics and health are served on, once started with `METRICS_ADDRESS` set
+    /// (the first container's, when port 0 gave each its own).
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.containers.iter().find_map(Container::metrics_address)
+    }
+
     /// Stops every service gracefully, concurrently.
     pub fn stop(&mut self) {
         std::thread::scope(|scope| {

@@ -9,6 +9,9 @@
 //! dispatches, host, process id and, when metrics are on, its numbers. No management plugin is
 //! needed, and Python Nameko services sharing the broker never see the exchange.
 //!
+//! A request is answered by one of the container's workers, like any other delivery: an
+//! instance whose every worker stays busy past the timeout is missing from the answers.
+//!
 //! ```no_run
 //! use enoki::Config;
 //! use enoki::describe::{Graph, discover};
