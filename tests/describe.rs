@@ -18,6 +18,21 @@ use support::{Cleanup, unique};
 
 const WAIT: Duration = Duration::from_secs(3);
 
+/// Deletes the test's exchanges when dropped (queues go via Cleanup).
+struct Exchanges(Vec<String>);
+
+impl Drop for Exchanges {
+    fn drop(&mut self) {
+        let mut connection = support::raw_connection();
+        for name in &self.0 {
+            if let Ok(channel) = connection.open_channel(None) {
+                let _ = channel.exchange_delete(name.clone(), false);
+            }
+        }
+        let _ = connection.close();
+    }
+}
+
 /// Three services that declare one of everything, named after `prefix`.
 fn services(prefix: &str) -> (String, String, String, Vec<Service>) {
     let (a, b, c) = (
@@ -163,7 +178,9 @@ fn every_container_describes_exactly_what_it_declares_on_rabbitmq() {
     }
     cleanup.queue(format!("evt-{prefix}_a-made--{prefix}_b.handle_made"));
     // A private RPC exchange: answers go back on it, so other tests' containers stay out.
-    let config = support::config().rpc_exchange(unique("rpcx"));
+    let rpcx = unique("rpcx");
+    let _exchanges = Exchanges(vec![rpcx.clone(), format!("{prefix}_a.events")]);
+    let config = support::config().rpc_exchange(rpcx);
     check_descriptions(&config, &prefix);
 }
 
@@ -263,7 +280,9 @@ fn enoki_describe_and_graph_list_running_services() {
         cleanup.service(&format!("{prefix}_{s}"));
     }
     cleanup.queue(format!("evt-{prefix}_a-made--{prefix}_b.handle_made"));
-    let config = support::config().rpc_exchange(unique("rpcx"));
+    let rpcx = unique("rpcx");
+    let _exchanges = Exchanges(vec![rpcx.clone(), format!("{prefix}_a.events")]);
+    let config = support::config().rpc_exchange(rpcx);
     let (a, b, c, services) = services(&prefix);
     let mut runner = services
         .into_iter()

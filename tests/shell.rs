@@ -11,6 +11,21 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::{Cleanup, unique};
 
+/// Deletes the test's exchanges when dropped (queues go via Cleanup).
+struct Exchanges(Vec<String>);
+
+impl Drop for Exchanges {
+    fn drop(&mut self) {
+        let mut connection = support::raw_connection();
+        for name in &self.0 {
+            if let Ok(channel) = connection.open_channel(None) {
+                let _ = channel.exchange_delete(name.clone(), false);
+            }
+        }
+        let _ = connection.close();
+    }
+}
+
 fn run_shell(config: &enoki::Config, script: &str) -> std::process::Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_enoki"))
         .arg("shell")
@@ -38,7 +53,9 @@ fn a_piped_session_calls_a_service_and_dispatches_an_event() {
     let mut cleanup = Cleanup::new();
     cleanup.service(&name);
     cleanup.queue(format!("evt-{source}-pinged--{name}.handle_pinged"));
-    let config = support::config().rpc_exchange(unique("rpcx"));
+    let rpcx = unique("rpcx");
+    let _exchanges = Exchanges(vec![rpcx.clone(), format!("{source}.events")]);
+    let config = support::config().rpc_exchange(rpcx);
     let heard: Arc<Mutex<Vec<Value>>> = Arc::default();
     let sink = heard.clone();
     let service = Service::new(&name)
