@@ -10,7 +10,8 @@
 //! needed, and Python Nameko services sharing the broker never see the exchange.
 //!
 //! A request is answered by one of the container's workers, like any other delivery: an
-//! instance whose every worker stays busy past the timeout is missing from the answers.
+//! instance whose every worker stays busy past the timeout is missing from the answers. Answers
+//! travel on the RPC exchange, so a client sees the containers that share its `rpc_exchange`.
 //!
 //! ```no_run
 //! use enoki::Config;
