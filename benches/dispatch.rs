@@ -8,6 +8,10 @@
 //!
 //! Rows:
 //!
+//! - `worker, no broker (enoki::testing)`: `enoki::testing::Hook` calls the same `echo` handler
+//!   on the bench's thread, through a real worker: arguments bound, context built, dependency
+//!   hooks run (none here), the result encoded as JSON and parsed back. No broker, no thread
+//!   hand-off: the framework's own per-call cost.
 //! - `memory:// round trip, serial`: a `ClusterRpcProxy` calls an `echo` container on the
 //!   in-process broker and waits for the reply, one call at a time: encode, route, wake a
 //!   worker, decode, run the handler, encode and route the reply, wake the caller, ack.
@@ -23,6 +27,7 @@
 //!
 //! Every figure is the best of the rounds (`ENOKI_BENCH_ROUNDS`, default 3) for that statistic.
 
+use enoki::testing::Hook;
 use enoki::{ClusterRpcProxy, Config, Container, Service};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -79,6 +84,27 @@ fn call(cluster: &ClusterRpcProxy) -> u64 {
     elapsed
 }
 
+fn echo_service() -> Service {
+    Service::new("echo").rpc("echo", |_ctx, (value,): (Value,)| Ok(value))
+}
+
+/// One call through a worker on the calling thread, with no broker.
+fn direct(hook: &Hook, calls: usize) -> Stats {
+    let started = Instant::now();
+    let latencies: Vec<u64> = (0..calls)
+        .map(|_| {
+            let sent = Instant::now();
+            let back: String = hook
+                .rpc("echo", ("hello",))
+                .expect("the echo call succeeds");
+            let elapsed = sent.elapsed().as_nanos() as u64;
+            assert_eq!(back, "hello");
+            elapsed
+        })
+        .collect();
+    Stats::from(latencies, started.elapsed())
+}
+
 fn serial(cluster: &ClusterRpcProxy, calls: usize) -> Stats {
     let started = Instant::now();
     let latencies: Vec<u64> = (0..calls).map(|_| call(cluster)).collect();
@@ -132,25 +158,28 @@ fn main() {
     let calls = env_usize("ENOKI_BENCH_CALLS", DEFAULT_CALLS);
     let rounds = env_usize("ENOKI_BENCH_ROUNDS", DEFAULT_ROUNDS);
     let config = Config::new().amqp_uri("memory://dispatch-bench");
-    let service = Service::new("echo").rpc("echo", |_ctx, (value,): (Value,)| Ok(value));
-    let mut container = Container::new(service, config.clone());
+    let mut container = Container::new(echo_service(), config.clone());
     container.start().expect("the echo container starts");
     let cluster = ClusterRpcProxy::new(&config).expect("the client starts");
     for _ in 0..WARMUP {
         call(&cluster);
     }
 
-    // The broker-free path (one call through a worker, hooks included, via enoki::testing)
-    // lands here with the testing helpers: measure it per round and add its row below.
+    let hook = Hook::new(echo_service()).expect("the hook starts");
+    direct(&hook, WARMUP);
+
     let mut floor: Option<Stats> = None;
+    let mut worker: Option<Stats> = None;
     let mut memory_serial: Option<Stats> = None;
     let mut memory_flight: Option<Stats> = None;
     for round in 1..=rounds {
         eprintln!(
-            "round {round}/{rounds}: floor, {calls} calls serial, then {IN_FLIGHT} in flight"
+            "round {round}/{rounds}: floor, no broker, {calls} calls serial, then {IN_FLIGHT} in flight"
         );
         let p = ping_pong(calls);
         floor = Some(floor.map_or(p, |b| b.best(p)));
+        let d = direct(&hook, calls);
+        worker = Some(worker.map_or(d, |b| b.best(d)));
         let s = serial(&cluster, calls);
         memory_serial = Some(memory_serial.map_or(s, |b| b.best(s)));
         let f = in_flight(&cluster, calls);
@@ -176,7 +205,7 @@ fn main() {
         None => println!("{name:<36} {:>12}", "-"),
     };
     row("floor: crossbeam ping-pong", floor);
-    row("worker, no broker (enoki::testing)", None);
+    row("worker, no broker (enoki::testing)", worker);
     row("memory:// round trip, serial", memory_serial);
     row(
         &format!("memory:// round trip, {IN_FLIGHT} in flight"),

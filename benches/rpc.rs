@@ -12,7 +12,8 @@
 //! 10, requests published persistent and mandatory and replies persistent, both waiting for
 //! their publisher confirm, requests acked only after the reply is confirmed, and a durable
 //! reply queue (`x-expires` five minutes) bound by a UUID and consumed with automatic acks, as
-//! enoki consumes it. The floor does no JSON work and no
+//! Nameko consumes it (enoki acks its replies, batched, so they survive a reconnect; that cost
+//! is its own). The floor does no JSON work and no
 //! dependency hooks; its requests carry the same `call_id_stack` header a Nameko client sends.
 //!
 //! Floor servers come in two shapes: `inline` handles each request on the consuming thread (the

@@ -14,9 +14,9 @@ use crate::transport::{
 };
 use crate::{Error, Result};
 use amiquip::{
-    AmqpProperties, AmqpValue, Auth, Channel, Confirm, Connection, ConnectionOptions,
-    ConnectionTuning, ConsumerMessage, ConsumerOptions, ExchangeDeclareOptions, ExchangeType,
-    FieldTable, Publish, QueueDeclareOptions, Return,
+    AmqpProperties, AmqpValue, Auth, Channel, Confirm, Connection, ConnectionBlockedNotification,
+    ConnectionOptions, ConnectionTuning, ConsumerMessage, ConsumerOptions, ExchangeDeclareOptions,
+    ExchangeType, FieldTable, Publish, QueueDeclareOptions, Return,
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError, Select, SelectedOperation};
 use parking_lot::Mutex;
@@ -24,6 +24,7 @@ use serde_json::{Number, Value};
 use std::fmt;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,7 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct AmqpTransport {
     uri: AmqpUri,
     heartbeat: u16,
+    confirm_timeout: Duration,
     consuming: Arc<Mutex<Slot>>,
     publishing: Mutex<Slot>,
 }
@@ -43,6 +45,8 @@ pub(crate) struct AmqpTransport {
 struct Slot {
     connection: Option<Connection>,
     generation: u64,
+    /// Set while the broker has blocked the connection (a resource alarm).
+    blocked: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for AmqpTransport {
@@ -62,20 +66,34 @@ impl AmqpTransport {
         AmqpTransport {
             uri,
             heartbeat,
+            confirm_timeout: CONFIRM_TIMEOUT,
             consuming: Arc::new(Mutex::new(Slot::default())),
             publishing: Mutex::new(Slot::default()),
         }
+    }
+
+    /// How long a publish without a deadline of its own waits for its confirm while the
+    /// connection is not blocked. Default: 30 s.
+    pub(crate) fn with_confirm_timeout(mut self, timeout: Duration) -> AmqpTransport {
+        self.confirm_timeout = timeout;
+        self
     }
 
     /// Opens a channel on the connection in `slot`, connecting first if needed.
     /// A connection that died while idle is only found out here, so a failure on a cached
     /// connection is retried once on a fresh one.
     fn channel(&self, slot: &Mutex<Slot>, heartbeat: u16) -> Result<(Channel, u64)> {
+        let publishing = std::ptr::eq(slot, &self.publishing);
         let mut slot = slot.lock();
         loop {
             let fresh = slot.connection.is_none();
             if fresh {
-                slot.connection = Some(connect(&self.uri, heartbeat)?);
+                let mut connection = connect(&self.uri, heartbeat)?;
+                // RabbitMQ blocks only connections that publish.
+                if publishing {
+                    slot.blocked = watch_blocked(&mut connection, &self.uri);
+                }
+                slot.connection = Some(connection);
                 slot.generation += 1;
             }
             let generation = slot.generation;
@@ -105,6 +123,42 @@ impl AmqpTransport {
         }
         forget(slot, generation);
     }
+}
+
+/// Follows the broker's `connection.blocked` / `unblocked` notifications for `connection` on
+/// a small thread that ends with the connection: the state is logged (a resource alarm is
+/// otherwise invisible from here) and kept in the returned flag, which publishers read to wait
+/// out a block instead of failing.
+fn watch_blocked(connection: &mut Connection, uri: &AmqpUri) -> Arc<AtomicBool> {
+    let blocked = Arc::new(AtomicBool::new(false));
+    let Ok(notifications) = connection.listen_for_connection_blocked() else {
+        return blocked;
+    };
+    let flag = blocked.clone();
+    let broker = uri.addr();
+    let spawned = std::thread::Builder::new()
+        .name("enoki-blocked".into())
+        .spawn(move || {
+            for notification in notifications {
+                match notification {
+                    ConnectionBlockedNotification::Blocked(reason) => {
+                        flag.store(true, Ordering::Release);
+                        log::warn!(
+                            "broker {broker} blocked the connection ({reason}): publishing \
+                             pauses until it is unblocked"
+                        );
+                    }
+                    ConnectionBlockedNotification::Unblocked => {
+                        flag.store(false, Ordering::Release);
+                        log::info!("broker {broker} unblocked the connection: publishing resumes");
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot watch for blocked connections: {e}");
+    }
+    blocked
 }
 
 /// Drops the connection of `generation` so the next caller reconnects.
@@ -162,6 +216,7 @@ impl Transport for AmqpTransport {
     fn publisher(&self) -> Result<Box<dyn Publisher>> {
         // Nameko's publishers run without heartbeats; a publisher idles between calls.
         let (channel, generation) = self.channel(&self.publishing, 0)?;
+        let blocked = self.publishing.lock().blocked.clone();
         let setup = (|| {
             let returns = channel.listen_for_returns()?;
             let confirms = channel.listen_for_publisher_confirms()?;
@@ -171,6 +226,8 @@ impl Transport for AmqpTransport {
         match setup {
             Ok((returns, confirms)) => Ok(Box::new(AmqpPublisher {
                 channel,
+                blocked,
+                confirm_timeout: self.confirm_timeout,
                 confirms,
                 returns,
                 seq: 0,
@@ -626,6 +683,8 @@ fn await_cancelled(receiver: &Receiver<ConsumerMessage>) {
 
 struct AmqpPublisher {
     channel: Channel,
+    blocked: Arc<AtomicBool>,
+    confirm_timeout: Duration,
     confirms: Receiver<Confirm>,
     returns: Receiver<Return>,
     seq: u64,
@@ -654,7 +713,7 @@ impl Publisher for AmqpPublisher {
     ) -> Result<Published> {
         let started = Instant::now();
         let caller_deadline = deadline.is_some();
-        let deadline = deadline.unwrap_or(started + CONFIRM_TIMEOUT);
+        let mut deadline = deadline.unwrap_or(started + self.confirm_timeout);
         self.channel
             .basic_publish(
                 message.exchange,
@@ -690,10 +749,15 @@ impl Publisher for AmqpPublisher {
                         deadline.saturating_duration_since(started),
                     )));
                 }
+                // A blocked broker reads nothing from us until the alarm clears: waiting it
+                // out is the pause; failing would only make callers retry into the block.
+                Err(RecvTimeoutError::Timeout) if self.blocked.load(Ordering::Acquire) => {
+                    deadline = Instant::now() + self.confirm_timeout;
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     return Err(Error::broker(format!(
-                        "no publisher confirm within {} s",
-                        CONFIRM_TIMEOUT.as_secs()
+                        "no publisher confirm within {:?}",
+                        self.confirm_timeout
                     )));
                 }
                 Err(RecvTimeoutError::Disconnected) => {

@@ -21,6 +21,10 @@ const DEFAULT_MAX_WORKERS: usize = 10;
 const DEFAULT_PARENT_CALLS_TRACKED: usize = 10;
 const DEFAULT_RPC_EXCHANGE: &str = "nameko-rpc";
 const DEFAULT_HEARTBEAT: u16 = 60;
+const STOP_TIMEOUT: &str = "STOP_TIMEOUT";
+const DEFAULT_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const CONFIRM_TIMEOUT: &str = "CONFIRM_TIMEOUT";
+const DEFAULT_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 const DEFAULT_WEB_SERVER_ADDRESS: &str = "0.0.0.0:8000";
 const DEFAULT_AMQP_PORT: u16 = 5672;
 
@@ -641,6 +645,54 @@ impl Config {
     pub fn web_server_address(mut self, address: impl Into<String>) -> Config {
         self.store_web_server_address(address.into());
         self
+    }
+
+    /// Sets how long a graceful stop waits for running handlers (`STOP_TIMEOUT`, seconds).
+    /// Default: 30 s. Work still running then is abandoned: its messages are not acked, so the
+    /// broker redelivers them to another instance.
+    pub fn stop_timeout(self, timeout: std::time::Duration) -> Config {
+        let mut config = self;
+        config
+            .values
+            .insert(STOP_TIMEOUT.to_owned(), Value::from(timeout.as_secs_f64()));
+        config
+    }
+
+    /// How long a graceful stop waits for running handlers (`STOP_TIMEOUT`, in seconds, a
+    /// number or a string of one; default 30). A value that is not a non-negative number
+    /// counts as the default.
+    pub fn stop_deadline(&self) -> std::time::Duration {
+        self.seconds(STOP_TIMEOUT).unwrap_or(DEFAULT_STOP_TIMEOUT)
+    }
+
+    /// Sets how long a publish waits for the broker's confirm (`CONFIRM_TIMEOUT`, seconds)
+    /// before it fails with a broker error. Default: 30 s. While the broker has blocked the
+    /// connection (a resource alarm), publishing pauses instead and this does not apply.
+    pub fn confirm_timeout(self, timeout: std::time::Duration) -> Config {
+        let mut config = self;
+        config.values.insert(
+            CONFIRM_TIMEOUT.to_owned(),
+            Value::from(timeout.as_secs_f64()),
+        );
+        config
+    }
+
+    /// How long a publish waits for its confirm (`CONFIRM_TIMEOUT`, seconds; default 30).
+    pub fn confirm_deadline(&self) -> std::time::Duration {
+        self.seconds(CONFIRM_TIMEOUT)
+            .unwrap_or(DEFAULT_CONFIRM_TIMEOUT)
+    }
+
+    /// A duration key in seconds (a non-negative number, or a string of one).
+    fn seconds(&self, key: &str) -> Option<std::time::Duration> {
+        let seconds = match self.values.get(key) {
+            Some(Value::Number(n)) => n.as_f64(),
+            Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+            _ => None,
+        };
+        seconds
+            .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
+            .map(std::time::Duration::from_secs_f64)
     }
 
     /// Sets any key. Default: see the table on [`Config`] for known keys; other keys are unset
@@ -1727,5 +1779,19 @@ mod tests {
             "amqp://u:***@h:5672/%2F"
         );
         assert_eq!(config.masked()["AMQP_URI"], "amqp://u:***@h/");
+    }
+
+    #[test]
+    fn stop_timeout_reads_seconds_and_falls_back_to_the_default() {
+        use std::time::Duration;
+        assert_eq!(Config::new().stop_deadline(), Duration::from_secs(30));
+        let config = Config::new().stop_timeout(Duration::from_millis(250));
+        assert_eq!(config.stop_deadline(), Duration::from_millis(250));
+        let from_file = Config::from_json_str(r#"{"STOP_TIMEOUT": "1.5"}"#).unwrap();
+        assert_eq!(from_file.stop_deadline(), Duration::from_millis(1500));
+        for bad in [r#"{"STOP_TIMEOUT": -1}"#, r#"{"STOP_TIMEOUT": "soon"}"#] {
+            let config = Config::from_json_str(bad).unwrap();
+            assert_eq!(config.stop_deadline(), Duration::from_secs(30), "{bad}");
+        }
     }
 }

@@ -37,7 +37,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// name (shared by every transport built on it).
 pub(crate) fn transport_for(config: &Config) -> Result<SharedTransport> {
     Ok(match config.broker()? {
-        BrokerUri::Amqp(uri) => Arc::new(AmqpTransport::new(uri, config.heartbeat_secs())),
+        BrokerUri::Amqp(uri) => Arc::new(
+            AmqpTransport::new(uri, config.heartbeat_secs())
+                .with_confirm_timeout(config.confirm_deadline()),
+        ),
         BrokerUri::Memory(name) => Arc::new(MemoryTransport::new(&name)),
     })
 }
@@ -49,12 +52,31 @@ pub(crate) struct Runtime {
     pub(crate) transport: SharedTransport,
     pub(crate) dependencies: Vec<NamedDependency>,
     pub(crate) rpc_exchange: ExchangeSpec,
-    rpc_client: Mutex<Option<Arc<RpcClient>>>,
+    pub(crate) rpc_client: Mutex<Option<Arc<RpcClient>>>,
     /// `None` unless metrics are on: the hot path then pays one branch.
     pub(crate) metrics: Option<Arc<Metrics>>,
 }
 
 impl Runtime {
+    /// The runtime of a service run without a container's pool and consumers (the testing
+    /// helpers call its entrypoints directly).
+    pub(crate) fn detached(
+        service_name: &str,
+        config: Config,
+        transport: SharedTransport,
+        dependencies: Vec<NamedDependency>,
+    ) -> Runtime {
+        Runtime {
+            service_name: Arc::from(service_name),
+            rpc_exchange: ExchangeSpec::topic(config.exchange()),
+            config,
+            transport,
+            dependencies,
+            rpc_client: Mutex::new(None),
+            metrics: None,
+        }
+    }
+
     /// The container's RPC client (one reply queue for all its proxies), started on first use.
     pub(crate) fn rpc_client(&self) -> Result<Arc<RpcClient>> {
         let mut slot = self.rpc_client.lock();
@@ -191,6 +213,7 @@ struct Running {
     runtime: Arc<Runtime>,
     jobs: Sender<Job>,
     workers: Vec<JoinHandle<()>>,
+    all_exited: Receiver<()>,
     consumer: Option<ConsumerThread>,
     entrypoints: Vec<Box<dyn Entrypoint>>,
     metrics_server: Option<crate::metrics::server::Registration>,
@@ -349,16 +372,24 @@ impl Container {
             idle: Mutex::new(Vec::with_capacity(max_workers)),
         });
         let (jobs, job_rx) = crossbeam_channel::bounded::<Job>(max_workers);
+        // Never sent on: it disconnects when the last worker has exited, which a stop waits
+        // for with a deadline (a JoinHandle has no timed join).
+        let (alive, all_exited) = crossbeam_channel::bounded::<()>(0);
         let mut workers = Vec::with_capacity(max_workers);
         for i in 0..max_workers {
             let job_rx = job_rx.clone();
             let pool = pool.clone();
+            let alive = alive.clone();
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("enoki-{name}-worker-{i}"))
-                    .spawn(move || work(&pool, i, &job_rx))?,
+                    .spawn(move || {
+                        work(&pool, i, &job_rx);
+                        drop(alive);
+                    })?,
             );
         }
+        drop(alive);
         let job_handle = Jobs {
             tx: jobs.clone(),
             runtime: runtime.clone(),
@@ -367,6 +398,7 @@ impl Container {
             runtime: runtime.clone(),
             jobs,
             workers,
+            all_exited,
             consumer: None,
             entrypoints: Vec::new(),
             metrics_server: None,
@@ -620,6 +652,7 @@ fn shutdown(running: Running, kill: bool) {
         runtime,
         jobs,
         workers,
+        all_exited,
         consumer,
         mut entrypoints,
         metrics_server,
@@ -628,6 +661,7 @@ fn shutdown(running: Running, kill: bool) {
         metrics.consumer_stopped();
     }
     drop(metrics_server);
+    let deadline = std::time::Instant::now() + runtime.config.stop_deadline();
     // Nothing new is produced; what producers queued already still runs.
     for entrypoint in &mut entrypoints {
         if kill {
@@ -642,15 +676,37 @@ fn shutdown(running: Running, kill: bool) {
         let _ = consumer.control.send(order);
     }
     drop(jobs);
+    let mut abandoned = kill;
     if !kill {
-        for worker in workers {
-            let _ = worker.join();
+        // Disconnected once every worker has exited; nothing is ever sent.
+        if let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+            all_exited.recv_deadline(deadline)
+        {
+            log::warn!(
+                "{}: workers still running after the stop deadline ({:?}): abandoning their \
+                 work, which the broker redelivers",
+                runtime.service_name,
+                runtime.config.stop_deadline()
+            );
+            abandoned = true;
+        } else {
+            for worker in workers {
+                let _ = worker.join();
+            }
         }
     }
     if let Some(consumer) = consumer {
-        // Every ack the workers handed back is queued by now: settle them, then close.
-        let _ = consumer.control.send(Control::Finish);
-        let _ = consumer.thread.join();
+        // Every ack the workers handed back is queued by now: settle them, then close. After
+        // a missed deadline, close at once: what is unacked goes back to the queue.
+        let order = if abandoned {
+            Control::Kill
+        } else {
+            Control::Finish
+        };
+        let _ = consumer.control.send(order);
+        if !abandoned {
+            let _ = consumer.thread.join();
+        }
     }
     for dep in &runtime.dependencies {
         if kill {

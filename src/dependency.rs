@@ -127,6 +127,8 @@ pub(crate) trait DynDependency: Send + Sync {
     fn worker_teardown(&self, ctx: &WorkerContext);
     /// For discovery, which recognises the dependencies it can describe (proxies, dispatchers).
     fn as_any(&self) -> &dyn Any;
+    /// The type of the injected value, by name (a replacement must inject the same type).
+    fn value_type(&self) -> (std::any::TypeId, &'static str);
 }
 
 impl<D: Dependency> DynDependency for D {
@@ -156,6 +158,12 @@ impl<D: Dependency> DynDependency for D {
     }
     fn as_any(&self) -> &dyn Any {
         self
+    }
+    fn value_type(&self) -> (std::any::TypeId, &'static str) {
+        (
+            std::any::TypeId::of::<D::Value>(),
+            std::any::type_name::<D::Value>(),
+        )
     }
 }
 

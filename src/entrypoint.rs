@@ -2,10 +2,9 @@
 //! queues, HTTP routes and timers bring jobs. Each kind lives in its own module and adds its
 //! builder method to [`Service`](crate::Service) there.
 
-use crate::Config;
-use crate::Result;
 use crate::container::{DeliveryHandler, Jobs, Runtime};
-use crate::transport::QueueSpec;
+use crate::transport::{Headers, QueueSpec};
+use crate::{Config, Error, Result};
 use std::fmt;
 use std::sync::Arc;
 
@@ -56,4 +55,60 @@ pub(crate) trait Entrypoint: Send + fmt::Debug {
     fn kill(&mut self) {
         self.stop();
     }
+
+    /// Runs one call of this entrypoint on the calling thread, as a worker of `runtime` would
+    /// (context, dependency injection and hooks included) but with no broker or queue in
+    /// between: what [`testing`](crate::testing) drives. The handler's error is returned as is.
+    fn invoke(&self, runtime: &Arc<Runtime>, call: Invocation) -> Result<Invoked> {
+        let _ = (runtime, call);
+        Err(Error::config(format!(
+            "{} `{}` cannot be invoked directly",
+            self.kind(),
+            self.name()
+        )))
+    }
+}
+
+/// One direct call of an entrypoint (see [`Entrypoint::invoke`]).
+#[derive(Debug)]
+pub(crate) struct Invocation {
+    /// Context data, as the message's headers would carry it (`nameko.` prefixes optional).
+    pub(crate) headers: Headers,
+    pub(crate) input: Input,
+}
+
+/// What the entrypoint is called with; each kind takes one of these and refuses the others
+/// with [`Input::refused`].
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// An event's or a raw message's JSON body.
+    Payload(Vec<u8>),
+    /// A timer tick.
+    Tick,
+    // TODO(http): `Request(crate::http::Request)`, answered with `Invoked::Response(..)`.
+}
+
+impl Input {
+    fn describe(&self) -> &'static str {
+        match self {
+            Input::Payload(_) => "a message payload",
+            Input::Tick => "a timer tick",
+        }
+    }
+
+    /// The error for an entrypoint of `kind` named `name` given this input.
+    pub(crate) fn refused(&self, kind: &str, name: &str, takes: &str) -> Error {
+        Error::config(format!(
+            "{kind} `{name}` takes {takes}, not {}",
+            self.describe()
+        ))
+    }
+}
+
+/// What a direct call returned besides the handler's success.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Invoked {
+    /// The handler ran and succeeded; events, messages and ticks have no result.
+    Done,
+    // TODO(http): `Response(crate::http::Response)`.
 }

@@ -21,10 +21,10 @@
 
 use crate::context::{Outgoing as Context, WorkerContext};
 use crate::dependency::{ContainerInfo, Dependency};
-use crate::entrypoint::Entrypoint;
+use crate::entrypoint::{Entrypoint, Invocation, Invoked};
 use crate::messaging::{
-    Channels, Consumer, DEFAULT_REQUEUE_DELAY, PayloadHandler, Requeue, json_properties,
-    name_conflict, payload_handler,
+    Channels, Consumer, DEFAULT_REQUEUE_DELAY, PayloadHandler, Requeue, invoke_payload,
+    json_properties, name_conflict, payload_handler,
 };
 use crate::service::Service;
 use crate::transport::{ExchangeSpec, Headers, Outgoing, QueueSpec};
@@ -287,6 +287,15 @@ impl Entrypoint for EventEntrypoint {
     fn stop(&mut self) {
         self.requeue.close();
     }
+
+    fn invoke(
+        &self,
+        runtime: &Arc<crate::container::Runtime>,
+        call: Invocation,
+    ) -> Result<Invoked> {
+        let name = Arc::from(self.name.as_str());
+        invoke_payload(runtime, (self.kind(), &name), &self.handler, call)
+    }
 }
 
 impl Service {
@@ -526,6 +535,20 @@ impl fmt::Debug for Dispatcher {
 }
 
 impl Dispatcher {
+    /// A dispatcher on `channels` for one worker (test doubles build theirs so).
+    pub(crate) fn for_worker(
+        channels: Arc<Channels>,
+        exchange: Arc<ExchangeSpec>,
+        ctx: &WorkerContext,
+    ) -> Dispatcher {
+        Dispatcher {
+            channels,
+            exchange,
+            context: ctx.outgoing().clone(),
+            types: Arc::default(),
+        }
+    }
+
     /// Dispatches `payload` (anything `Serialize`; it is the whole body, with no envelope) as
     /// an event of `event_type`, with the worker's context headers (its `call_id_stack` ends
     /// with the dispatching worker's call id). Returns once the broker confirmed it.

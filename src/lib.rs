@@ -35,6 +35,15 @@
 //! container and client of the process on that URI shares it, so services can start as one
 //! binary and be split out later by changing the URI. `memory://<name>` is an isolated one.
 //!
+//! ## Testing
+//!
+//! [`testing`] has Nameko's testing helpers, none of which needs RabbitMQ: call one entrypoint
+//! through a real worker ([`testing::Hook`], Nameko's `entrypoint_hook`), swap dependencies for
+//! doubles that record what handlers did ([`testing::replace_dependency`],
+//! [`testing::RpcMock`], [`testing::EventRecorder`]), wait for entrypoints to complete
+//! ([`testing::Waiter`]), run only some entrypoints ([`testing::restrict_entrypoints`]), and
+//! run services on an in-process broker of their own ([`testing::TestRunner`]).
+//!
 //! ## Threads, queues and backpressure
 //!
 //! A container owns one consumer thread (one AMQP channel for all its queues, prefetch =
@@ -92,6 +101,7 @@ pub mod metrics;
 mod proxy;
 mod rpc;
 mod service;
+pub mod testing;
 mod timer;
 pub mod transport;
 

@@ -21,7 +21,7 @@
 use crate::container::{DeliveryHandler, Runtime, Worker};
 use crate::context::{Outgoing as Context, WorkerContext};
 use crate::dependency::{ContainerInfo, Dependency};
-use crate::entrypoint::Entrypoint;
+use crate::entrypoint::{Entrypoint, Input, Invocation, Invoked};
 use crate::rpc::{JSON, PERSISTENT, UTF8, finish_worker, run_worker};
 use crate::service::Service;
 use crate::transport::{
@@ -276,6 +276,23 @@ impl DeliveryHandler for Consumer {
     }
 }
 
+/// Runs `handler` once on `call`'s payload as the worker of a delivery would (for
+/// [`Entrypoint::invoke`] of event handlers and consumers).
+pub(crate) fn invoke_payload(
+    runtime: &Arc<Runtime>,
+    (kind, name): (&str, &Arc<str>),
+    handler: &PayloadHandler,
+    call: Invocation,
+) -> Result<Invoked> {
+    let Input::Payload(body) = &call.input else {
+        return Err(call.input.refused(kind, name, "a JSON payload"));
+    };
+    let mut ctx = WorkerContext::new(runtime.clone(), name.clone(), call.headers);
+    let outcome = run_worker(runtime, &mut ctx, |ctx| handler(ctx, body));
+    finish_worker(runtime, &ctx, outcome.as_ref().map(|()| "null"));
+    outcome.map(|()| Invoked::Done)
+}
+
 /// Options of a `consume` entrypoint, as Nameko's `@consume(queue, requeue_on_error=False)`.
 ///
 /// ```
@@ -394,6 +411,11 @@ impl Entrypoint for ConsumeEntrypoint {
 
     fn stop(&mut self) {
         self.requeue.close();
+    }
+
+    fn invoke(&self, runtime: &Arc<Runtime>, call: Invocation) -> Result<Invoked> {
+        let name = Arc::from(self.name.as_str());
+        invoke_payload(runtime, (self.kind(), &name), &self.handler, call)
     }
 }
 

@@ -402,6 +402,21 @@ impl fmt::Debug for ServiceProxy {
 }
 
 impl ServiceProxy {
+    /// A proxy on `client` for one worker, carrying its context (test doubles build theirs so).
+    pub(crate) fn for_worker(
+        client: Arc<RpcClient>,
+        target: Arc<str>,
+        ctx: &WorkerContext,
+        timeout: Option<Duration>,
+    ) -> ServiceProxy {
+        ServiceProxy {
+            client,
+            target,
+            context: ctx.outgoing().clone(),
+            timeout,
+        }
+    }
+
     /// The service called.
     pub fn target(&self) -> &str {
         &self.target

@@ -245,6 +245,27 @@ pub(crate) fn caller_call_id(headers: &Headers) -> &str {
         .unwrap_or("-")
 }
 
+/// Runs one call of `handler` on the calling thread as a worker of `runtime` would run a
+/// request (context from `headers`, dependencies, hooks), with no broker in between: the
+/// result as JSON text, or the error as the caller would receive it (a remote error).
+pub(crate) fn invoke(
+    runtime: &Arc<Runtime>,
+    method: Arc<str>,
+    handler: &Handler,
+    args: Args,
+    headers: Headers,
+) -> Result<Vec<u8>> {
+    let mut ctx = WorkerContext::new(runtime.clone(), method, headers);
+    let mut out = Vec::new();
+    let outcome = run_worker(runtime, &mut ctx, |ctx| handler(ctx, args, &mut out));
+    let json = std::str::from_utf8(&out).unwrap_or("null");
+    finish_worker(runtime, &ctx, outcome.as_ref().map(|()| json));
+    match outcome {
+        Ok(()) => Ok(out),
+        Err(e) => Err(e.to_remote().into()),
+    }
+}
+
 /// Injects dependencies, runs `worker_setup`, then the handler with panics caught.
 pub(crate) fn run_worker(
     runtime: &Runtime,

@@ -11,7 +11,7 @@
 
 use crate::container::{Jobs, Runtime, Worker};
 use crate::context::WorkerContext;
-use crate::entrypoint::Entrypoint;
+use crate::entrypoint::{Entrypoint, Input, Invocation, Invoked};
 use crate::rpc::{finish_worker, run_worker};
 use crate::service::Service;
 use crate::transport::Headers;
@@ -174,6 +174,17 @@ impl Entrypoint for TimerEntrypoint {
 
     fn kill(&mut self) {
         self.halt(Stop::Kill);
+    }
+
+    fn invoke(&self, runtime: &Arc<Runtime>, call: Invocation) -> Result<Invoked> {
+        if !matches!(call.input, Input::Tick) {
+            return Err(call.input.refused(self.kind(), &self.name, "a tick"));
+        }
+        // Context data is taken as given; a scheduled tick has none.
+        let mut ctx = WorkerContext::new(runtime.clone(), self.name.clone(), call.headers);
+        let outcome = run_worker(runtime, &mut ctx, |ctx| (self.handler)(ctx));
+        finish_worker(runtime, &ctx, outcome.as_ref().map(|()| "null"));
+        outcome.map(|()| Invoked::Done)
     }
 }
 

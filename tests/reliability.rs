@@ -14,6 +14,7 @@ use support::{Cleanup, unique};
 
 /// The most a service may take to serve again after its connections drop (issue #6: 5 s).
 const RECOVERY: Duration = Duration::from_secs(5);
+const WAIT: Duration = Duration::from_secs(10);
 
 fn upstream() -> String {
     enoki::AmqpUri::parse(&support::amqp_uri())
@@ -300,4 +301,201 @@ fn stopping_under_load_loses_no_call() {
         64,
         "each call ran exactly once"
     );
+}
+
+#[test]
+fn a_stop_past_its_deadline_leaves_the_work_for_redelivery() {
+    let mut cleanup = Cleanup::new();
+    let name = unique("rel_deadline");
+    let started = Arc::new(AtomicUsize::new(0));
+    let seen = started.clone();
+    let slow = Service::new(&name).rpc("work", move |_ctx, ()| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_secs(3));
+        Ok("slow instance")
+    });
+    let config = support::config().stop_timeout(Duration::from_millis(300));
+    let mut first = start(slow, config, &mut cleanup);
+    let cluster = client(&support::config(), &mut cleanup);
+
+    let pending = cluster.call_async(&name, "work", ()).expect("request sent");
+    assert!(support::eventually(Duration::from_secs(10), || started
+        .load(Ordering::SeqCst)
+        == 1));
+    let stopping = Instant::now();
+    first.stop();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(2),
+        "the stop waited {:?} despite a 300 ms deadline",
+        stopping.elapsed()
+    );
+    // The abandoned request was not acked: the next instance gets it.
+    let fast = Service::new(&name).rpc("work", |_ctx, ()| Ok("next instance"));
+    let _second = start(fast, support::config(), &mut cleanup);
+    let reply: String = pending
+        .wait_timeout(Duration::from_secs(10))
+        .expect("the request is redelivered and answered");
+    assert_eq!(reply, "next instance");
+}
+
+#[test]
+fn a_blocked_connection_pauses_publishing_without_duplicates() {
+    let mut cleanup = Cleanup::new();
+    let name = unique("rel_blocked");
+    let handled = Arc::new(AtomicUsize::new(0));
+    let seen = handled.clone();
+    let service = Service::new(&name).rpc("add", move |_ctx, (a, b): (i64, i64)| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        Ok(a + b)
+    });
+    // One worker, so requests are handled in the order they were published.
+    let _service = start(service, support::config().max_workers(1), &mut cleanup);
+    let proxy = FaultProxy::start(&upstream());
+    // A confirm timeout far shorter than the block: a publisher that gave up on it would
+    // publish again, and the request would run twice.
+    let config = config_via(&proxy).confirm_timeout(Duration::from_millis(300));
+    let cluster = Arc::new(client(&config, &mut cleanup));
+    assert_eq!(cluster.call::<i64>(&name, "add", (1, 2)).expect("warm"), 3);
+    // Connection 0 consumes replies (opened with the client), 1 publishes (first call).
+    assert_eq!(proxy.accepted(), 2);
+
+    proxy.block(1, "low on memory");
+    let blocked_at = Instant::now();
+    let caller = {
+        let (cluster, name) = (cluster.clone(), name.clone());
+        // No deadline of its own: only the confirm timeout bounds its publish.
+        std::thread::spawn(move || {
+            cluster
+                .call_async(&name, "add", (20, 22))
+                .and_then(|pending| pending.wait_timeout::<i64>(WAIT))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1_000));
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        1,
+        "a request got through the block"
+    );
+    proxy.unblock(1);
+    let sum = caller
+        .join()
+        .expect("caller thread")
+        .expect("answered once unblocked");
+    assert_eq!(sum, 42);
+    assert!(blocked_at.elapsed() >= Duration::from_millis(1_000));
+    assert_eq!(cluster.call::<i64>(&name, "add", (2, 3)).expect("after"), 5);
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        3,
+        "the blocked request was published more than once"
+    );
+}
+
+#[test]
+fn a_nacked_publish_is_an_error_the_caller_sees() {
+    let mut cleanup = Cleanup::new();
+    let name = unique("rel_nack");
+    // A queue that rejects every publish routed to it: the broker nacks the request.
+    let queue = format!("rpc-{name}");
+    cleanup.queue(queue.clone());
+    {
+        use amiquip::{AmqpValue, FieldTable, QueueDeclareOptions};
+        let mut connection = support::raw_connection();
+        let channel = connection.open_channel(None).expect("channel");
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-max-length".into(), AmqpValue::LongInt(0));
+        arguments.insert(
+            "x-overflow".into(),
+            AmqpValue::LongString("reject-publish".into()),
+        );
+        channel
+            .queue_declare(
+                queue.clone(),
+                QueueDeclareOptions {
+                    durable: true,
+                    arguments,
+                    ..QueueDeclareOptions::default()
+                },
+            )
+            .expect("declare the rejecting queue");
+        channel
+            .queue_bind(
+                queue.clone(),
+                "nameko-rpc",
+                format!("{name}.*"),
+                FieldTable::default(),
+            )
+            .expect("bind it");
+        let _ = connection.close();
+    }
+    let cluster = client(&support::config(), &mut cleanup);
+    let error = cluster
+        .call_timeout::<i64>(&name, "add", (1, 2), Duration::from_secs(10))
+        .expect_err("the broker refused the request");
+    match error.kind() {
+        ErrorKind::Broker(message) => assert!(message.contains("nack"), "{message}"),
+        other => panic!("expected a broker error, got {other:?}"),
+    }
+}
+
+#[test]
+fn heartbeats_keep_the_connection_while_every_worker_is_busy() {
+    let mut cleanup = Cleanup::new();
+    let proxy = FaultProxy::start(&upstream());
+    let name = unique("rel_heartbeat");
+    let calls = Arc::new(AtomicUsize::new(0));
+    // Heartbeat 1 s: the broker drops a connection after two missed ones. Nameko #428: a
+    // saturated pool starved heartbeats and the broker redelivered work in progress.
+    let config = config_via(&proxy).heartbeat(1).max_workers(2);
+    let _service = start(service(&name, calls.clone()), config, &mut cleanup);
+    let cluster = client(&support::config(), &mut cleanup);
+    assert_eq!(cluster.call::<i64>(&name, "add", (1, 2)).expect("warm"), 3);
+    let before = proxy.accepted();
+
+    let busy: Vec<_> = (0..4)
+        .map(|_| {
+            cluster
+                .call_async(&name, "sleep", (2_000u64,))
+                .expect("sent")
+        })
+        .collect();
+    for call in busy {
+        let slept: u64 = call
+            .wait_timeout(Duration::from_secs(20))
+            .expect("answered");
+        assert_eq!(slept, 2_000);
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        4,
+        "work was redelivered: the connection dropped while the pool was busy"
+    );
+    assert_eq!(proxy.accepted(), before, "the service had to reconnect");
+}
+
+#[test]
+fn a_stop_during_a_reconnect_returns_promptly() {
+    let mut cleanup = Cleanup::new();
+    let proxy = FaultProxy::start(&upstream());
+    let name = unique("rel_stop_reconnect");
+    let mut service = start(
+        service(&name, Arc::default()),
+        config_via(&proxy),
+        &mut cleanup,
+    );
+    let cluster = client(&support::config(), &mut cleanup);
+    assert_eq!(cluster.call::<i64>(&name, "add", (1, 2)).expect("warm"), 3);
+
+    proxy.refuse(true);
+    proxy.cut();
+    // Let it fail a few reconnection attempts first.
+    std::thread::sleep(Duration::from_millis(500));
+    let stopping = Instant::now();
+    service.stop();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "stop took {:?} while reconnecting",
+        stopping.elapsed()
+    );
+    assert!(!service.is_running());
 }

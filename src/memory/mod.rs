@@ -65,6 +65,15 @@ impl MemoryTransport {
             broker: broker(name),
         }
     }
+
+    /// A transport on a broker of its own, reachable only through it (and its clones), and
+    /// gone with the last of them: for test doubles that must not leak into a shared broker.
+    pub(crate) fn private() -> MemoryTransport {
+        MemoryTransport {
+            name: "(private)".to_owned(),
+            broker: Arc::default(),
+        }
+    }
 }
 
 impl Transport for MemoryTransport {

@@ -1,0 +1,169 @@
+//! Footprint of the `echo` example as users deploy it: resident memory idle and under load,
+//! time from exec to the first served call, SIGTERM-to-exit time when idle, thread count, and
+//! the size of the binary. Needs RabbitMQ and a release build of the example:
+//!
+//! ```text
+//! cargo build --release --example echo && cargo bench --bench footprint
+//! ECHO_BIN=path/to/echo ENOKI_BENCH_AMQP_URI=amqp://... cargo bench --bench footprint
+//! ```
+//!
+//! `scripts/bench` builds the example statically linked and stripped first and points `ECHO_BIN`
+//! at it. Each figure is the median of several starts.
+
+use enoki::{ClusterRpcProxy, Config, ErrorKind};
+use serde_json::Value;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const DEFAULT_URI: &str = "amqp://guest:guest@localhost:5672/enoki_test";
+const STARTS: usize = 5;
+
+fn status_field(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn spawn(bin: &str, uri: &str, name: &str) -> Child {
+    Command::new(bin)
+        .env("AMQP_URI", uri)
+        .env("ECHO_SERVICE_NAME", name)
+        .env("ENOKI_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"))
+}
+
+/// Polls until `name.echo` answers; the time since `since`.
+fn first_call(cluster: &ClusterRpcProxy, name: &str, since: Instant) -> Duration {
+    loop {
+        match cluster.call_timeout::<Value>(name, "echo", (1,), Duration::from_secs(5)) {
+            Ok(_) => return since.elapsed(),
+            Err(e) if matches!(e.kind(), ErrorKind::UnknownService(_)) => {}
+            Err(e) => panic!("the echo service failed: {e}"),
+        }
+        assert!(since.elapsed() < Duration::from_secs(30), "never ready");
+    }
+}
+
+fn terminate(child: &mut Child) -> Duration {
+    let started = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return started.elapsed();
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            return started.elapsed();
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn delete_queue(uri: &str, queue: &str) {
+    let _ = uri;
+    let _ = Command::new("rabbitmqctl")
+        .args(["-q", "delete_queue", "-p", "enoki_test", queue])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn main() -> ExitCode {
+    enoki::logger::init();
+    let uri = std::env::var("ENOKI_BENCH_AMQP_URI").unwrap_or_else(|_| DEFAULT_URI.into());
+    let bin = std::env::var("ECHO_BIN").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/examples/echo").to_owned()
+    });
+    if !std::path::Path::new(&bin).exists() {
+        eprintln!("{bin} is missing: cargo build --release --example echo (or set ECHO_BIN)");
+        return ExitCode::FAILURE;
+    }
+    let config = Config::new().amqp_uri(&uri);
+    let cluster = Arc::new(ClusterRpcProxy::new(&config).expect("client"));
+    let name = format!("footprint_echo_{}", std::process::id());
+
+    let (mut ready, mut exits, mut idle_rss, mut threads) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..STARTS {
+        let started = Instant::now();
+        let mut child = spawn(&bin, &uri, &name);
+        ready.push(first_call(&cluster, &name, started));
+        std::thread::sleep(Duration::from_millis(500));
+        idle_rss.push(status_field(child.id(), "VmRSS:"));
+        threads.push(status_field(child.id(), "Threads:"));
+        exits.push(terminate(&mut child));
+    }
+
+    // Under load: 32 callers for two seconds.
+    let mut child = spawn(&bin, &uri, &name);
+    first_call(&cluster, &name, Instant::now());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..32)
+        .map(|_| {
+            let (cluster, stop, name) = (cluster.clone(), stop.clone(), name.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ =
+                        cluster.call_timeout::<Value>(&name, "echo", (1,), Duration::from_secs(5));
+                }
+            })
+        })
+        .collect();
+    let mut peak_rss = 0;
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        peak_rss = peak_rss.max(status_field(child.id(), "VmRSS:"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let loaded_threads = status_field(child.id(), "Threads:");
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        let _ = t.join();
+    }
+    terminate(&mut child);
+    delete_queue(&uri, &format!("rpc-{name}"));
+
+    idle_rss.sort();
+    let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
+    println!("footprint of {bin} ({STARTS} starts, medians)");
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| binary size | {:.2} MiB |", size as f64 / 1048576.0);
+    println!(
+        "| idle RSS | {:.2} MiB |",
+        idle_rss[idle_rss.len() / 2] as f64 / 1024.0
+    );
+    println!(
+        "| peak RSS, 32 callers | {:.2} MiB |",
+        peak_rss as f64 / 1024.0
+    );
+    println!(
+        "| exec to first served call | {:.1} ms |",
+        median(ready).as_secs_f64() * 1e3
+    );
+    println!(
+        "| idle SIGTERM to exit | {:.1} ms |",
+        median(exits).as_secs_f64() * 1e3
+    );
+    println!(
+        "| threads idle / under load | {} / {loaded_threads} |",
+        threads[threads.len() / 2]
+    );
+    ExitCode::SUCCESS
+}
