@@ -91,8 +91,16 @@ impl Drop for Registration {
 }
 
 fn start(address: &str) -> Result<Arc<Served>> {
-    let server = tiny_http::Server::http(address)
-        .map_err(|e| Error::config(format!("cannot serve metrics on `{address}`: {e}")))?;
+    let cannot = |e: &dyn std::fmt::Display| {
+        Error::config(format!("cannot serve metrics on `{address}`: {e}"))
+    };
+    let listener = std::net::TcpListener::bind(address).map_err(|e| cannot(&e))?;
+    // tiny_http leaves Nagle on, which stalls keep-alive answers about 40 ms; accepted sockets
+    // inherit the option from the listener.
+    socket2::SockRef::from(&listener)
+        .set_tcp_nodelay(true)
+        .map_err(|e| cannot(&e))?;
+    let server = tiny_http::Server::from_listener(listener, None).map_err(|e| cannot(&*e))?;
     let addr = server.server_addr().to_ip().ok_or_else(|| {
         Error::config(format!("metrics address `{address}` is not an IP address"))
     })?;
