@@ -528,9 +528,12 @@ impl Config {
                 config.apply(key, Value::String(value), &context)?;
             }
         }
-        for key in crate::http::LIMIT_KEYS {
+        let others = [STOP_TIMEOUT, CONFIRM_TIMEOUT, "METRICS", "METRICS_ADDRESS"];
+        for key in crate::http::LIMIT_KEYS.iter().chain(others.iter()) {
             if let Some(value) = lookup(key).filter(|v| !v.trim().is_empty()) {
-                config.values.insert(key.to_owned(), Value::String(value));
+                config
+                    .values
+                    .insert((*key).to_owned(), Value::String(value));
             }
         }
         config.http_limits()?;
@@ -1807,5 +1810,25 @@ mod tests {
             let config = Config::from_json_str(bad).unwrap();
             assert_eq!(config.stop_deadline(), Duration::from_secs(30), "{bad}");
         }
+    }
+
+    #[test]
+    fn timeouts_and_metrics_come_from_the_environment_too() {
+        let env = |key: &str| match key {
+            "STOP_TIMEOUT" => Some("2.5".to_owned()),
+            "CONFIRM_TIMEOUT" => Some("4".to_owned()),
+            "METRICS_ADDRESS" => Some("127.0.0.1:9102".to_owned()),
+            _ => None,
+        };
+        let config = Config::from_env_with(env).unwrap();
+        assert_eq!(
+            config.stop_deadline(),
+            std::time::Duration::from_millis(2500)
+        );
+        assert_eq!(config.confirm_deadline(), std::time::Duration::from_secs(4));
+        assert_eq!(
+            config.get("METRICS_ADDRESS"),
+            Some(&json!("127.0.0.1:9102"))
+        );
     }
 }

@@ -11,8 +11,10 @@
 use crate::amqp::AmqpTransport;
 use crate::config::BrokerUri;
 use crate::dependency::{ContainerInfo, NamedDependency};
+use crate::describe::{Identity, Responder};
 use crate::entrypoint::Entrypoint;
 use crate::memory::MemoryTransport;
+use crate::metrics::Metrics;
 use crate::proxy::RpcClient;
 use crate::rpc::RpcEntrypoint;
 use crate::service::Service;
@@ -51,6 +53,8 @@ pub(crate) struct Runtime {
     pub(crate) dependencies: Vec<NamedDependency>,
     pub(crate) rpc_exchange: ExchangeSpec,
     pub(crate) rpc_client: Mutex<Option<Arc<RpcClient>>>,
+    /// `None` unless metrics are on: the hot path then pays one branch.
+    pub(crate) metrics: Option<Arc<Metrics>>,
 }
 
 impl Runtime {
@@ -69,6 +73,7 @@ impl Runtime {
             transport,
             dependencies,
             rpc_client: Mutex::new(None),
+            metrics: None,
         }
     }
 
@@ -210,6 +215,7 @@ struct Running {
     all_exited: Receiver<()>,
     consumer: Option<ConsumerThread>,
     entrypoints: Vec<Box<dyn Entrypoint>>,
+    metrics_server: Option<crate::metrics::server::Registration>,
 }
 
 /// Runs one [`Service`]: its dependencies, its consumers and a bounded pool of worker threads.
@@ -294,10 +300,29 @@ impl Container {
             rpc,
             dependencies,
             mut entrypoints,
+            version,
         } = service;
         for entrypoint in &entrypoints {
             entrypoint.validate(&name, &self.config)?;
         }
+        let identity = Identity::new(
+            &name,
+            version,
+            rpc.iter().map(|(method, _)| method.clone()),
+            &entrypoints,
+        );
+        let (metrics_on, metrics_address) = crate::metrics::settings(&self.config);
+        let metrics = metrics_on.then(|| {
+            let listed = rpc
+                .iter()
+                .map(|(method, _)| ("rpc", method.clone()))
+                .chain(entrypoints.iter().map(|e| (e.kind(), e.name())));
+            Arc::new(Metrics::new(
+                Arc::from(name.as_str()),
+                listed,
+                self.config.workers(),
+            ))
+        });
         let runtime = Arc::new(Runtime {
             service_name: Arc::from(name.as_str()),
             rpc_exchange: ExchangeSpec::topic(self.config.exchange()),
@@ -305,6 +330,7 @@ impl Container {
             transport: transport.clone(),
             dependencies,
             rpc_client: Mutex::new(None),
+            metrics: metrics.clone(),
         });
         let info = ContainerInfo {
             runtime: runtime.clone(),
@@ -329,6 +355,8 @@ impl Container {
                 handlers.push(handler);
             }
         }
+        queues.push(identity.queue());
+        handlers.push(Arc::new(Responder { identity }));
         let (wake_tx, wake_rx): (Vec<_>, Vec<_>) = (0..max_workers)
             .map(|_| crossbeam_channel::bounded(1))
             .unzip();
@@ -372,6 +400,7 @@ impl Container {
             all_exited,
             consumer: None,
             entrypoints: Vec::new(),
+            metrics_server: None,
         };
         if !queues.is_empty() {
             let spec = ConsumeSpec {
@@ -397,6 +426,15 @@ impl Container {
             }
         }
         drop(job_handle);
+        if let (Some(metrics), Some(address)) = (&metrics, &metrics_address) {
+            match crate::metrics::server::register(address, metrics.clone()) {
+                Ok(registration) => running.metrics_server = Some(registration),
+                Err(e) => {
+                    shutdown(running, false);
+                    return Err(e);
+                }
+            }
+        }
         log::info!("{name}: started with {max_workers} workers");
         self.state = State::Running(running);
         Ok(())
@@ -419,6 +457,15 @@ impl Container {
         if let State::Running(running) = std::mem::replace(&mut self.state, State::Done) {
             log::warn!("{}: killed", self.name);
             shutdown(running, true);
+        }
+    }
+
+    /// The address metrics and health are served on, when `METRICS_ADDRESS` is set and the
+    /// container runs (see [`metrics`](crate::metrics)).
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        match &self.state {
+            State::Running(running) => running.metrics_server.as_ref().map(|r| r.address()),
+            _ => None,
         }
     }
 
@@ -527,7 +574,7 @@ fn work(pool: &Pool, id: usize, jobs: &Receiver<Job>) {
                     Ok(job) => {
                         listening = false;
                         pool.unlisten();
-                        guarded(&mut worker, job);
+                        guarded(pool, &mut worker, job);
                     }
                     Err(_) => jobs_open = false,
                 }
@@ -539,7 +586,7 @@ fn work(pool: &Pool, id: usize, jobs: &Receiver<Job>) {
                         listening = false;
                         pool.unlisten();
                         let handler = &pool.handlers[delivery.queue];
-                        guarded(&mut worker, |worker: &mut Worker| {
+                        guarded(pool, &mut worker, |worker: &mut Worker| {
                             handler.handle(&pool.runtime, delivery, worker);
                         });
                     }
@@ -570,7 +617,7 @@ fn work(pool: &Pool, id: usize, jobs: &Receiver<Job>) {
                     if wake.try_recv().is_ok() {
                         pool.promote();
                     }
-                    guarded(&mut worker, job);
+                    guarded(pool, &mut worker, job);
                 }
                 Err(_) => jobs_open = false,
             }
@@ -582,8 +629,16 @@ fn work(pool: &Pool, id: usize, jobs: &Receiver<Job>) {
 
 /// Runs `job`; handlers catch their own panics already, this guards the framework's code so a
 /// bug there costs one job, not a worker thread.
-fn guarded(worker: &mut Worker, job: impl FnOnce(&mut Worker)) {
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(worker))).is_err() {
+fn guarded(pool: &Pool, worker: &mut Worker, job: impl FnOnce(&mut Worker)) {
+    let metrics = pool.runtime.metrics.as_deref();
+    if let Some(m) = metrics {
+        m.busy();
+    }
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(worker)));
+    if let Some(m) = metrics {
+        m.idle();
+    }
+    if outcome.is_err() {
         log::error!("a job panicked outside its handler");
         if let Some(publisher) = worker.publisher.take() {
             crate::transport::retire(publisher);
@@ -599,7 +654,12 @@ fn shutdown(running: Running, kill: bool) {
         all_exited,
         consumer,
         mut entrypoints,
+        metrics_server,
     } = running;
+    if let Some(metrics) = &runtime.metrics {
+        metrics.consumer_stopped();
+    }
+    drop(metrics_server);
     let deadline = std::time::Instant::now() + runtime.config.stop_deadline();
     // Nothing new is produced; what producers queued already still runs.
     for entrypoint in &mut entrypoints {
@@ -668,6 +728,9 @@ struct ContainerSink {
 impl Sink for ContainerSink {
     fn ready(&mut self, source: Arc<dyn DeliverySource>) {
         *self.pool.feed.lock() = Some(source);
+        if let Some(metrics) = &self.pool.runtime.metrics {
+            metrics.consumer_ready();
+        }
         self.pool.generation.fetch_add(1, Ordering::AcqRel);
         for wake in &self.pool.wakers {
             // A full slot already holds a wake-up the worker has not seen yet.
@@ -689,11 +752,15 @@ fn start_consumer(
     sink.ready = Some(ready_tx);
     let name = runtime.service_name.clone();
     let transport = runtime.transport.clone();
+    let metrics = runtime.metrics.clone();
     let thread = std::thread::Builder::new()
         .name(format!("enoki-{name}-consumer"))
         .spawn(move || {
             let outcome = consume_with_reconnect(&*transport, &spec, &mut sink, &control_rx, |e| {
                 log::warn!("{name}: consumer lost its connection: {e}; reconnecting");
+                if let Some(metrics) = &metrics {
+                    metrics.consumer_lost();
+                }
             });
             if let (Err(e), Some(tx)) = (outcome, sink.ready.take()) {
                 let _ = tx.send(Err(e));
@@ -763,6 +830,12 @@ impl Runner {
             }
         }
         Ok(())
+    }
+
+    /// The address metrics and health are served on, once started with `METRICS_ADDRESS` set
+    /// (the first container's, when port 0 gave each its own).
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.containers.iter().find_map(Container::metrics_address)
     }
 
     /// Stops every service gracefully, concurrently.

@@ -125,6 +125,8 @@ pub(crate) trait DynDependency: Send + Sync {
     fn worker_setup(&self, ctx: &WorkerContext);
     fn worker_result(&self, ctx: &WorkerContext, result: std::result::Result<&str, &Error>);
     fn worker_teardown(&self, ctx: &WorkerContext);
+    /// For discovery, which recognises the dependencies it can describe (proxies, dispatchers).
+    fn as_any(&self) -> &dyn Any;
     /// The type of the injected value, by name (a replacement must inject the same type).
     fn value_type(&self) -> (std::any::TypeId, &'static str);
 }
@@ -153,6 +155,9 @@ impl<D: Dependency> DynDependency for D {
     }
     fn worker_teardown(&self, ctx: &WorkerContext) {
         Dependency::worker_teardown(self, ctx)
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
     }
     fn value_type(&self) -> (std::any::TypeId, &'static str) {
         (

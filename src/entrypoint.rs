@@ -23,6 +23,12 @@ pub(crate) trait Entrypoint: Send + fmt::Debug {
     /// The entrypoint's name (the handler's name, the route, the interval).
     fn name(&self) -> String;
 
+    /// What discovery reports about this entrypoint: a JSON object with at least `kind` and
+    /// `name`; kinds add their options (an event's source and type, a timer's interval).
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({"kind": self.kind(), "name": self.name()})
+    }
+
     /// Checks the entrypoint's options against the service and configuration.
     fn validate(&self, _service: &str, _config: &Config) -> Result<()> {
         Ok(())

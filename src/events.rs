@@ -227,6 +227,16 @@ impl Entrypoint for EventEntrypoint {
         self.name.clone()
     }
 
+    fn describe(&self) -> Value {
+        serde_json::json!({
+            "kind": self.kind(),
+            "name": self.name,
+            "source": self.options.source,
+            "event_type": self.options.event_type,
+            "handler_type": self.options.handler_type.as_str(),
+        })
+    }
+
     fn validate(&self, service: &str, _config: &Config) -> Result<()> {
         if let Some(conflict) = &self.conflict {
             return Err(Error::config(conflict.clone()));
@@ -387,6 +397,34 @@ fn publish_event<T: Serialize + ?Sized>(
 /// ```
 pub struct EventDispatcher {
     state: Mutex<Option<(Arc<Channels>, Arc<ExchangeSpec>)>>,
+    types: Arc<EventTypes>,
+}
+
+/// The event types a dispatcher declared, and those it dispatched that it had not declared,
+/// for discovery.
+#[derive(Debug, Default)]
+pub(crate) struct EventTypes {
+    pub(crate) declared: Vec<String>,
+    pub(crate) undeclared: Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl EventTypes {
+    fn record(&self, event_type: &str) {
+        // Declared types need no lock: the common case stays lock-free.
+        if !self.declared.iter().any(|t| t == event_type) {
+            let mut seen = self.undeclared.lock();
+            if !seen.contains(event_type) {
+                seen.insert(event_type.to_owned());
+            }
+        }
+    }
+
+    /// Every type, declared ones first.
+    pub(crate) fn all(&self) -> Vec<String> {
+        let mut all = self.declared.clone();
+        all.extend(self.undeclared.lock().iter().cloned());
+        all
+    }
 }
 
 impl fmt::Debug for EventDispatcher {
@@ -394,6 +432,7 @@ impl fmt::Debug for EventDispatcher {
         let exchange = self.state.lock().as_ref().map(|(_, e)| e.name.clone());
         f.debug_struct("EventDispatcher")
             .field("exchange", &exchange)
+            .field("declares", &self.types.declared)
             .finish()
     }
 }
@@ -409,7 +448,37 @@ impl EventDispatcher {
     pub fn new() -> EventDispatcher {
         EventDispatcher {
             state: Mutex::new(None),
+            types: Arc::default(),
         }
+    }
+
+    /// Declares the event types this service dispatches, so `enoki describe` and `enoki graph`
+    /// show them before the first one is sent. Types dispatched without being declared are
+    /// reported too, once sent. Default: none declared.
+    pub fn declares<I, S>(self, event_types: I) -> EventDispatcher
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut declared = self.types.declared.clone();
+        for event_type in event_types {
+            let event_type = event_type.into();
+            if !declared.contains(&event_type) {
+                declared.push(event_type);
+            }
+        }
+        EventDispatcher {
+            state: self.state,
+            types: Arc::new(EventTypes {
+                declared,
+                undeclared: Mutex::default(),
+            }),
+        }
+    }
+
+    /// The event types for discovery.
+    pub(crate) fn types(&self) -> &EventTypes {
+        &self.types
     }
 }
 
@@ -443,6 +512,7 @@ impl Dependency for EventDispatcher {
             channels,
             exchange,
             context: ctx.outgoing().clone(),
+            types: self.types.clone(),
         })
     }
 }
@@ -453,6 +523,7 @@ pub struct Dispatcher {
     channels: Arc<Channels>,
     exchange: Arc<ExchangeSpec>,
     context: Arc<Context>,
+    types: Arc<EventTypes>,
 }
 
 impl fmt::Debug for Dispatcher {
@@ -474,6 +545,7 @@ impl Dispatcher {
             channels,
             exchange,
             context: ctx.outgoing().clone(),
+            types: Arc::default(),
         }
     }
 
@@ -481,6 +553,7 @@ impl Dispatcher {
     /// an event of `event_type`, with the worker's context headers (its `call_id_stack` ends
     /// with the dispatching worker's call id). Returns once the broker confirmed it.
     pub fn dispatch<T: Serialize + ?Sized>(&self, event_type: &str, payload: &T) -> Result<()> {
+        self.types.record(event_type);
         publish_event(
             &self.channels,
             &self.exchange,

@@ -323,6 +323,19 @@ impl Entrypoint for HttpEntrypoint {
         }
     }
 
+    fn describe(&self) -> Value {
+        let methods: Vec<String> = match &self.endpoint {
+            Ok(endpoint) => endpoint.methods.clone(),
+            Err(_) => vec![self.route.methods.clone()],
+        };
+        serde_json::json!({
+            "kind": self.kind(),
+            "name": self.name(),
+            "methods": methods,
+            "rule": &self.route.rule,
+        })
+    }
+
     fn validate(&self, _service: &str, config: &Config) -> Result<()> {
         if let Err(e) = &self.endpoint {
             return Err(Error::config(e.to_string()));

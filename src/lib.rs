@@ -68,6 +68,14 @@
 //! [`ClusterRpcProxy`] and [`ServiceProxy`] are `Send + Sync` and can be shared; every thread's
 //! calls share one reply queue. Handlers and dependency hooks run concurrently on workers.
 //!
+//! ## Seeing the system
+//!
+//! Every running container answers discovery requests with its [`describe::Description`]
+//! (entrypoints, the services it calls, the events it dispatches, host, pid);
+//! [`describe::discover`] collects them and [`describe::Graph`] draws the dependency graph, as
+//! `enoki describe` and `enoki graph` do. [`metrics`] (off by default) counts calls, errors and
+//! latencies per entrypoint and serves them with a health check.
+//!
 //! ## Not supported
 //!
 //! TLS (`amqps://`), serializers other than JSON, and Nameko's eventlet backdoor.
@@ -81,6 +89,7 @@ pub mod config;
 mod container;
 mod context;
 mod dependency;
+pub mod describe;
 mod entrypoint;
 mod error;
 mod events;
@@ -89,6 +98,7 @@ mod id;
 pub mod logger;
 mod memory;
 pub mod messaging;
+pub mod metrics;
 mod proxy;
 mod rpc;
 mod service;

@@ -247,18 +247,21 @@ impl DeliveryHandler for Consumer {
         let content_type = message.properties.content_type.as_deref();
         if content_type.is_some_and(|t| t != JSON) {
             log::warn!(
-                "{}.{}: dropping a message in unsupported content type {content_type:?}",
+                "{}.{}: dropping a message in unsupported content type {content_type:?} (from \
+                 call {})",
                 runtime.service_name,
-                self.name
+                self.name,
+                crate::rpc::caller_call_id(&headers)
             );
             acker.ack();
             return;
         }
         if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&message.body) {
             log::warn!(
-                "{}.{}: dropping a message that is not JSON: {e}",
+                "{}.{}: dropping a message that is not JSON: {e} (from call {})",
                 runtime.service_name,
-                self.name
+                self.name,
+                crate::rpc::caller_call_id(&headers)
             );
             acker.ack();
             return;
@@ -374,6 +377,10 @@ impl Entrypoint for ConsumeEntrypoint {
 
     fn name(&self) -> String {
         self.name.clone()
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({"kind": self.kind(), "name": self.name, "queue": self.options.queue.name})
     }
 
     fn validate(&self, _service: &str, _config: &Config) -> Result<()> {

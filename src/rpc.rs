@@ -165,18 +165,20 @@ impl DeliveryHandler for RpcEntrypoint {
             // Nameko crashes on this (KeyError), and the requeued message crashes the next
             // instance too. There is nobody to answer: log it and drop it.
             log::warn!(
-                "{}: dropping request {} without reply_to",
+                "{}: dropping request {} without reply_to (from call {})",
                 runtime.service_name,
-                message.routing_key
+                message.routing_key,
+                caller_call_id(&headers)
             );
             acker.ack();
             return;
         };
         if props.content_type.is_none() {
             log::warn!(
-                "{}: dropping request {} without content_type",
+                "{}: dropping request {} without content_type (from call {})",
                 runtime.service_name,
-                message.routing_key
+                message.routing_key,
+                caller_call_id(&headers)
             );
             acker.ack();
             return;
@@ -200,7 +202,11 @@ impl DeliveryHandler for RpcEntrypoint {
         let args = match decode_request(props.content_type.as_deref(), &message.body) {
             Ok(args) => args,
             Err(e) => {
-                log::warn!("{}.{method}: {e}", runtime.service_name);
+                log::warn!(
+                    "{}.{method}: {e} (from call {})",
+                    runtime.service_name,
+                    caller_call_id(&headers)
+                );
                 if reply(worker, Err(&e.to_remote())).is_ok() {
                     acker.ack();
                 }
@@ -226,6 +232,17 @@ impl DeliveryHandler for RpcEntrypoint {
         finish_worker(runtime, &ctx, outcome.as_ref().map(|()| json));
         worker.result = out;
     }
+}
+
+/// The caller's call id (the last of the request's `call_id_stack`), for log lines about
+/// messages refused before a worker, and so a call id of their own, exists.
+pub(crate) fn caller_call_id(headers: &Headers) -> &str {
+    headers
+        .get("nameko.call_id_stack")
+        .and_then(Value::as_array)
+        .and_then(|stack| stack.last())
+        .and_then(Value::as_str)
+        .unwrap_or("-")
 }
 
 /// Runs one call of `handler` on the calling thread as a worker of `runtime` would run a
@@ -265,6 +282,16 @@ pub(crate) fn run_worker(
         dep.dependency.worker_setup(ctx);
     }
     let ctx = &*ctx;
+    let started = runtime.metrics.as_ref().map(|_| std::time::Instant::now());
+    let result = run_body(ctx, body);
+    if let (Some(metrics), Some(started)) = (&runtime.metrics, started) {
+        metrics.record(ctx.entrypoint(), started.elapsed(), result.is_err());
+    }
+    result
+}
+
+/// Runs the handler with panics caught; a panic becomes a `PanicError` remote error.
+fn run_body(ctx: &WorkerContext, body: impl FnOnce(&WorkerContext) -> Result<()>) -> Result<()> {
     match catch_unwind(AssertUnwindSafe(|| body(ctx))) {
         Ok(result) => {
             if let Err(e) = &result {

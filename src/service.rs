@@ -30,6 +30,8 @@ pub struct Service {
     pub(crate) rpc: Vec<(String, Handler)>,
     pub(crate) dependencies: Vec<NamedDependency>,
     pub(crate) entrypoints: Vec<Box<dyn Entrypoint>>,
+    /// Reported by discovery; set with `Service::version` (in describe.rs).
+    pub(crate) version: Option<String>,
 }
 
 impl fmt::Debug for Service {
@@ -52,6 +54,7 @@ impl Service {
             rpc: Vec::new(),
             dependencies: Vec::new(),
             entrypoints: Vec::new(),
+            version: None,
         }
     }
 

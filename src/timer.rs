@@ -123,6 +123,15 @@ impl Entrypoint for TimerEntrypoint {
         self.name.to_string()
     }
 
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": self.kind(),
+            "name": &*self.name,
+            "interval": self.options.interval.as_secs_f64(),
+            "eager": self.options.eager,
+        })
+    }
+
     fn validate(&self, service: &str, _config: &Config) -> Result<()> {
         if self.options.interval.is_zero() {
             return Err(Error::config(format!(

@@ -106,6 +106,7 @@ impl Hook {
             rpc,
             dependencies,
             entrypoints,
+            ..
         } = service;
         let runtime = Arc::new(Runtime::detached(&name, config, transport, dependencies));
         let hook = Hook {
