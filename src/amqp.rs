@@ -712,7 +712,7 @@ impl Publisher for AmqpPublisher {
     }
 }
 
-fn properties_to_amqp(p: &Properties) -> AmqpProperties {
+pub(crate) fn properties_to_amqp(p: &Properties) -> AmqpProperties {
     let mut out = AmqpProperties::default();
     if let Some(v) = &p.content_type {
         out = out.with_content_type(v.clone());
@@ -741,7 +741,7 @@ fn properties_to_amqp(p: &Properties) -> AmqpProperties {
     out.with_headers(table)
 }
 
-fn properties_from_amqp(p: AmqpProperties) -> Properties {
+pub(crate) fn properties_from_amqp(p: AmqpProperties) -> Properties {
     let headers: Headers = p
         .headers()
         .as_ref()

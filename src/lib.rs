@@ -75,6 +75,9 @@ mod dependency;
 mod entrypoint;
 mod error;
 mod events;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod id;
 pub mod logger;
 mod memory;
