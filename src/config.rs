@@ -77,7 +77,7 @@ impl fmt::Display for AmqpUri {
             f,
             "amqp://{}:{MASK}@{}:{}/{}",
             percent_encode(&self.username),
-            bracketed_host(&self.host),
+            shown_host(&self.host),
             self.port,
             percent_encode(&self.vhost)
         )
@@ -93,6 +93,16 @@ impl fmt::Debug for AmqpUri {
             .field("password", &MASK)
             .field("vhost", &self.vhost)
             .finish()
+    }
+}
+
+/// The host as [`AmqpUri`]'s `Display` writes it: percent-encoded like the other parts, since
+/// a decoded host may hold `%`, `?` or `#`, and an IPv6 address in brackets.
+fn shown_host(host: &str) -> String {
+    if host.contains(':') {
+        bracketed_host(host)
+    } else {
+        percent_encode(host)
     }
 }
 
@@ -1182,6 +1192,19 @@ mod tests {
         // The text form parses back to the same place.
         let again = AmqpUri::parse(&uri.to_string()).unwrap();
         assert_eq!((again.username, again.vhost), (uri.username, uri.vhost));
+    }
+
+    #[test]
+    fn display_encodes_the_host_so_it_parses_back() {
+        // Found by the amqp_uri fuzz target: a percent-decoded host holding `?` was written
+        // raw, and the text form then parsed as host `localhost` with a query.
+        for text in ["amqp://%3Fvlq=1", "amqp://a%2541/", "amqp://h%23x/"] {
+            let uri = AmqpUri::parse(text).unwrap();
+            let again = AmqpUri::parse(&uri.to_string()).unwrap();
+            assert_eq!(again.host, uri.host, "{text} shown as {uri}");
+        }
+        let uri = AmqpUri::parse("amqp://%3Fvlq=1").unwrap();
+        assert_eq!(uri.to_string(), "amqp://guest:***@%3Fvlq%3D1:5672/%2F");
     }
 
     #[test]
