@@ -243,3 +243,50 @@ impl WorkerContext {
         &self.outgoing
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("s.m.{i}")).collect()
+    }
+
+    #[test]
+    fn stack_keeps_the_tracked_parents_and_the_own_id() {
+        let mut stack = ids(5);
+        trim_stack(&mut stack, 2);
+        assert_eq!(stack, ["s.m.2", "s.m.3", "s.m.4"]);
+        let mut stack = ids(5);
+        trim_stack(&mut stack, 0);
+        assert_eq!(stack, ["s.m.4"]);
+    }
+
+    #[test]
+    fn unlimited_calls_tracked_does_not_overflow() {
+        // `parent_calls_tracked` can be usize::MAX from a config file; `+ 1` overflowed (a
+        // panic in debug builds, an emptied stack in release).
+        let mut stack = ids(3);
+        trim_stack(&mut stack, usize::MAX);
+        assert_eq!(stack, ids(3));
+    }
+
+    #[test]
+    fn headers_split_into_context_and_stack() {
+        let headers = json!({
+            "nameko.call_id_stack": ["a.b.1", 7, "c.d.2"],
+            "nameko.auth_token": "t",
+            "language": "en",
+        });
+        let Value::Object(headers) = headers else {
+            unreachable!()
+        };
+        let (data, stack) = split_headers(headers);
+        assert_eq!(stack, ["a.b.1", "c.d.2"]);
+        assert_eq!(
+            Value::Object(data),
+            json!({"auth_token": "t", "language": "en"})
+        );
+    }
+}
