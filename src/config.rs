@@ -18,6 +18,9 @@ use std::path::Path;
 
 const DEFAULT_AMQP_URI: &str = "amqp://guest:guest@localhost:5672/";
 const DEFAULT_MAX_WORKERS: usize = 10;
+/// The most workers a config file or the environment may ask for: as many as a prefetch count
+/// can cover.
+const MAX_WORKERS_LIMIT: usize = u16::MAX as usize;
 const DEFAULT_PARENT_CALLS_TRACKED: usize = 10;
 const DEFAULT_RPC_EXCHANGE: &str = "nameko-rpc";
 const DEFAULT_HEARTBEAT: u16 = 60;
@@ -447,7 +450,7 @@ impl Key {
 /// | key | default |
 /// |---|---|
 /// | `AMQP_URI` | `amqp://guest:guest@localhost:5672/` (`memory://` is the in-process broker) |
-/// | `max_workers` | 10 (0 also means 10) |
+/// | `max_workers` | 10 (0 also means 10; at most 65535 from a file or the environment) |
 /// | `parent_calls_tracked` | 10 |
 /// | `rpc_exchange` | `nameko-rpc` |
 /// | `HEARTBEAT` | 60 seconds |
@@ -768,7 +771,18 @@ impl Config {
                     .map_err(|msg| Error::config(format!("{context}: invalid AMQP URI: {msg}")))?;
                 self.store_amqp_uri(uri);
             }
-            Key::MaxWorkers => self.store_max_workers(integer(&value, context)?),
+            Key::MaxWorkers => {
+                let workers: usize = integer(&value, context)?;
+                // The container allocates and spawns per worker: a mistyped count would abort
+                // the process on allocation rather than fail here with a message.
+                if workers > MAX_WORKERS_LIMIT {
+                    return Err(Error::config(format!(
+                        "{context}: {workers} workers is more than the {MAX_WORKERS_LIMIT} enoki \
+                         allows from configuration"
+                    )));
+                }
+                self.store_max_workers(workers)
+            }
             Key::ParentCallsTracked => self.store_parent_calls_tracked(integer(&value, context)?),
             Key::RpcExchange => self.store_rpc_exchange(text_value(&value, context)?),
             Key::Heartbeat => self.store_heartbeat(integer(&value, context)?),
@@ -1276,6 +1290,22 @@ mod tests {
         assert_eq!(config.get("rpc_exchange"), Some(&json!("my-rpc")));
         assert_eq!(config.get("HEARTBEAT"), Some(&json!(0)));
         assert_eq!(config.amqp().unwrap().vhost, "v");
+    }
+
+    #[test]
+    fn absurd_worker_counts_from_files_are_config_errors() {
+        // Found reviewing what the config fuzz target's documents reach: a huge `max_workers`
+        // parsed, and the container then aborted allocating per-worker state.
+        let err =
+            Config::from_json_str_with(r#"{"max_workers": 1000000000000000}"#, no_env).unwrap_err();
+        assert!(
+            config_message(err).contains("more than the 65535 enoki allows"),
+            "message names the limit"
+        );
+        let config = Config::from_json_str_with(r#"{"max_workers": 65535}"#, no_env).unwrap();
+        assert_eq!(config.workers(), 65535);
+        let err = Config::from_env_with(env(&[("MAX_WORKERS", "70000")])).unwrap_err();
+        assert!(config_message(err).contains("MAX_WORKERS"));
     }
 
     #[test]
