@@ -25,7 +25,11 @@ fuzz_target!(|data: &[u8]| {
         let _ = config.masked();
         let _ = format!("{config:?}");
         let _ = (config.uri(), config.workers(), config.calls_tracked());
-        let _ = (config.exchange(), config.heartbeat_secs(), config.prefetch());
+        let _ = (
+            config.exchange(),
+            config.heartbeat_secs(),
+            config.prefetch(),
+        );
         let _ = config.web_address();
     }
 });

@@ -27,10 +27,8 @@ fuzz_target!(|data: &[u8]| {
     let outgoing = fuzzing::outgoing_headers(context.clone(), stack.clone());
     // What goes out comes back in as the same context (nulls are not sent).
     let (again, again_stack) = fuzzing::context_from_headers(outgoing, usize::MAX, "next");
-    let sent: serde_json::Map<String, Value> = context
-        .into_iter()
-        .filter(|(_, v)| !v.is_null())
-        .collect();
+    let sent: serde_json::Map<String, Value> =
+        context.into_iter().filter(|(_, v)| !v.is_null()).collect();
     assert_eq!(again, sent);
     assert_eq!(&again_stack[..again_stack.len() - 1], &stack[..]);
 });

@@ -32,6 +32,10 @@ fuzz_target!(|data: &[u8]| {
     let (b, k) = (words(binding), words(key));
     // The reference is exponential in `#` count; only check where it is cheap.
     if b.iter().filter(|w| **w == "#").count() <= 4 && k.len() <= 24 {
-        assert_eq!(matched, reference(&b, &k), "binding {binding:?} key {key:?}");
+        assert_eq!(
+            matched,
+            reference(&b, &k),
+            "binding {binding:?} key {key:?}"
+        );
     }
 });
