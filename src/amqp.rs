@@ -776,7 +776,7 @@ impl Publisher for AmqpPublisher {
     }
 }
 
-fn properties_to_amqp(p: &Properties) -> AmqpProperties {
+pub(crate) fn properties_to_amqp(p: &Properties) -> AmqpProperties {
     let mut out = AmqpProperties::default();
     if let Some(v) = &p.content_type {
         out = out.with_content_type(v.clone());
@@ -805,7 +805,7 @@ fn properties_to_amqp(p: &Properties) -> AmqpProperties {
     out.with_headers(table)
 }
 
-fn properties_from_amqp(p: AmqpProperties) -> Properties {
+pub(crate) fn properties_from_amqp(p: AmqpProperties) -> Properties {
     let headers: Headers = p
         .headers()
         .as_ref()
@@ -857,8 +857,18 @@ pub(crate) fn json_to_amqp(value: &Value) -> Option<AmqpValue> {
     })
 }
 
-/// An AMQP field value as JSON; decimals become numbers, byte arrays lossy UTF-8 text.
+/// How deep header values are read: as deep as serde_json reads a JSON body. A header frame
+/// can nest arrays some 26,000 levels deep, enough to overflow a thread's stack when converted
+/// recursively.
+const MAX_HEADER_DEPTH: usize = 128;
+
+/// An AMQP field value as JSON; decimals become numbers, byte arrays lossy UTF-8 text. Arrays and
+/// tables nested deeper than [`MAX_HEADER_DEPTH`] read as `null`.
 pub(crate) fn amqp_to_json(value: &AmqpValue) -> Value {
+    to_json(value, MAX_HEADER_DEPTH)
+}
+
+fn to_json(value: &AmqpValue, depth: usize) -> Value {
     match value {
         AmqpValue::Boolean(b) => Value::Bool(*b),
         AmqpValue::ShortShortInt(i) => Value::from(*i),
@@ -875,12 +885,15 @@ pub(crate) fn amqp_to_json(value: &AmqpValue) -> Value {
             Number::from_f64(v).map_or(Value::Null, Value::Number)
         }
         AmqpValue::LongString(s) => Value::String(s.clone()),
-        AmqpValue::FieldArray(items) => Value::Array(items.iter().map(amqp_to_json).collect()),
+        AmqpValue::FieldArray(_) | AmqpValue::FieldTable(_) if depth == 0 => Value::Null,
+        AmqpValue::FieldArray(items) => {
+            Value::Array(items.iter().map(|item| to_json(item, depth - 1)).collect())
+        }
         AmqpValue::Timestamp(t) => Value::from(*t),
         AmqpValue::FieldTable(table) => Value::Object(
             table
                 .iter()
-                .map(|(k, v)| (k.clone(), amqp_to_json(v)))
+                .map(|(k, v)| (k.clone(), to_json(v, depth - 1)))
                 .collect(),
         ),
         AmqpValue::ByteArray(bytes) => Value::String(String::from_utf8_lossy(bytes).into_owned()),
@@ -904,5 +917,40 @@ mod tests {
     fn null_header_values_are_dropped() {
         let amqp = json_to_amqp(&json!({"keep": 1, "drop": null})).expect("table");
         assert_eq!(amqp_to_json(&amqp), json!({"keep": 1}));
+    }
+
+    #[test]
+    fn deeply_nested_headers_are_cut_off_not_recursed() {
+        // Found by reasoning behind the amqp_properties fuzz target: a frame_max-sized header can
+        // nest ~26,000 arrays; converting that recursively overflowed a worker's stack.
+        let mut deep = AmqpValue::LongString("bottom".to_owned());
+        for _ in 0..30_000 {
+            deep = AmqpValue::FieldArray(vec![deep]);
+        }
+        let json = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let json = amqp_to_json(&deep);
+                // Dropping 30,000 nested values recursively would overflow too.
+                let mut items = Vec::new();
+                if let AmqpValue::FieldArray(v) = deep {
+                    items = v;
+                }
+                while let Some(AmqpValue::FieldArray(v)) = items.pop() {
+                    items = v;
+                }
+                json
+            })
+            .expect("spawn")
+            .join()
+            .expect("no stack overflow");
+        let mut levels = 0;
+        let mut at = &json;
+        while let Value::Array(items) = at {
+            levels += 1;
+            at = &items[0];
+        }
+        assert_eq!(levels, MAX_HEADER_DEPTH);
+        assert_eq!(*at, Value::Null);
     }
 }

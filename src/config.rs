@@ -18,6 +18,9 @@ use std::path::Path;
 
 const DEFAULT_AMQP_URI: &str = "amqp://guest:guest@localhost:5672/";
 const DEFAULT_MAX_WORKERS: usize = 10;
+/// The most workers a config file or the environment may ask for: as many as a prefetch count
+/// can cover.
+const MAX_WORKERS_LIMIT: usize = u16::MAX as usize;
 const DEFAULT_PARENT_CALLS_TRACKED: usize = 10;
 const DEFAULT_RPC_EXCHANGE: &str = "nameko-rpc";
 const DEFAULT_HEARTBEAT: u16 = 60;
@@ -81,7 +84,7 @@ impl fmt::Display for AmqpUri {
             f,
             "amqp://{}:{MASK}@{}:{}/{}",
             percent_encode(&self.username),
-            bracketed_host(&self.host),
+            shown_host(&self.host),
             self.port,
             percent_encode(&self.vhost)
         )
@@ -97,6 +100,16 @@ impl fmt::Debug for AmqpUri {
             .field("password", &MASK)
             .field("vhost", &self.vhost)
             .finish()
+    }
+}
+
+/// The host as [`AmqpUri`]'s `Display` writes it: percent-encoded like the other parts, since
+/// a decoded host may hold `%`, `?` or `#`, and an IPv6 address in brackets.
+fn shown_host(host: &str) -> String {
+    if host.contains(':') {
+        bracketed_host(host)
+    } else {
+        percent_encode(host)
     }
 }
 
@@ -441,7 +454,7 @@ impl Key {
 /// | key | default |
 /// |---|---|
 /// | `AMQP_URI` | `amqp://guest:guest@localhost:5672/` (`memory://` is the in-process broker) |
-/// | `max_workers` | 10 (0 also means 10) |
+/// | `max_workers` | 10 (0 also means 10; at most 65535 from a file or the environment) |
 /// | `parent_calls_tracked` | 10 |
 /// | `rpc_exchange` | `nameko-rpc` |
 /// | `HEARTBEAT` | 60 seconds |
@@ -827,7 +840,18 @@ impl Config {
                     .map_err(|msg| Error::config(format!("{context}: invalid AMQP URI: {msg}")))?;
                 self.store_amqp_uri(uri);
             }
-            Key::MaxWorkers => self.store_max_workers(integer(&value, context)?),
+            Key::MaxWorkers => {
+                let workers: usize = integer(&value, context)?;
+                // The container allocates and spawns per worker: a mistyped count would abort
+                // the process on allocation rather than fail here with a message.
+                if workers > MAX_WORKERS_LIMIT {
+                    return Err(Error::config(format!(
+                        "{context}: {workers} workers is more than the {MAX_WORKERS_LIMIT} enoki \
+                         allows from configuration"
+                    )));
+                }
+                self.store_max_workers(workers)
+            }
             Key::ParentCallsTracked => self.store_parent_calls_tracked(integer(&value, context)?),
             Key::RpcExchange => self.store_rpc_exchange(text_value(&value, context)?),
             Key::Heartbeat => self.store_heartbeat(integer(&value, context)?),
@@ -1254,6 +1278,19 @@ mod tests {
     }
 
     #[test]
+    fn display_encodes_the_host_so_it_parses_back() {
+        // Found by the amqp_uri fuzz target: a percent-decoded host holding `?` was written
+        // raw, and the text form then parsed as host `localhost` with a query.
+        for text in ["amqp://%3Fvlq=1", "amqp://a%2541/", "amqp://h%23x/"] {
+            let uri = AmqpUri::parse(text).unwrap();
+            let again = AmqpUri::parse(&uri.to_string()).unwrap();
+            assert_eq!(again.host, uri.host, "{text} shown as {uri}");
+        }
+        let uri = AmqpUri::parse("amqp://%3Fvlq=1").unwrap();
+        assert_eq!(uri.to_string(), "amqp://guest:***@%3Fvlq%3D1:5672/%2F");
+    }
+
+    #[test]
     fn mask_uri_cases() {
         assert_eq!(
             mask_uri("amqp://guest:guest@localhost:5672/"),
@@ -1322,6 +1359,22 @@ mod tests {
         assert_eq!(config.get("rpc_exchange"), Some(&json!("my-rpc")));
         assert_eq!(config.get("HEARTBEAT"), Some(&json!(0)));
         assert_eq!(config.amqp().unwrap().vhost, "v");
+    }
+
+    #[test]
+    fn absurd_worker_counts_from_files_are_config_errors() {
+        // Found reviewing what the config fuzz target's documents reach: a huge `max_workers`
+        // parsed, and the container then aborted allocating per-worker state.
+        let err =
+            Config::from_json_str_with(r#"{"max_workers": 1000000000000000}"#, no_env).unwrap_err();
+        assert!(
+            config_message(err).contains("more than the 65535 enoki allows"),
+            "message names the limit"
+        );
+        let config = Config::from_json_str_with(r#"{"max_workers": 65535}"#, no_env).unwrap();
+        assert_eq!(config.workers(), 65535);
+        let err = Config::from_env_with(env(&[("MAX_WORKERS", "70000")])).unwrap_err();
+        assert!(config_message(err).contains("MAX_WORKERS"));
     }
 
     #[test]

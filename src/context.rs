@@ -45,6 +45,43 @@ impl Outgoing {
     }
 }
 
+/// Splits incoming message headers into context data (keys with a leading `nameko.` stripped)
+/// and the parent call id stack.
+pub(crate) fn split_headers(headers: Headers) -> (Headers, Vec<String>) {
+    let mut data = Headers::new();
+    let mut parent_stack: Vec<String> = Vec::new();
+    for (key, value) in headers {
+        let key = match key.strip_prefix(HEADER_PREFIX) {
+            Some(stripped) => stripped.to_owned(),
+            None => key,
+        };
+        if key == CALL_ID_STACK {
+            // Only an array of strings is a stack; anything else is ignored rather than split
+            // into characters (what Python's deque.extend would do with a string).
+            if let Value::Array(items) = value {
+                parent_stack = items
+                    .into_iter()
+                    .filter_map(|v| match v {
+                        Value::String(s) => Some(s),
+                        _ => None,
+                    })
+                    .collect();
+            }
+        } else {
+            data.insert(key, value);
+        }
+    }
+    (data, parent_stack)
+}
+
+/// Keeps the last `calls_tracked` parent ids plus this call's own id at the end of `stack`.
+pub(crate) fn trim_stack(stack: &mut Vec<String>, calls_tracked: usize) {
+    let keep = calls_tracked.saturating_add(1);
+    if stack.len() > keep {
+        stack.drain(..stack.len() - keep);
+    }
+}
+
 /// What a worker knows while it runs one entrypoint call: the service and entrypoint, the call
 /// id and the call id stack, the context data that came with the call, and the values its
 /// dependencies injected.
@@ -77,29 +114,7 @@ impl WorkerContext {
     /// Builds the context for one call of `entrypoint` from the incoming message headers (or
     /// none, for timers and HTTP).
     pub(crate) fn new(runtime: Arc<Runtime>, entrypoint: Arc<str>, headers: Headers) -> Self {
-        let mut data = Headers::new();
-        let mut parent_stack: Vec<String> = Vec::new();
-        for (key, value) in headers {
-            let key = match key.strip_prefix(HEADER_PREFIX) {
-                Some(stripped) => stripped.to_owned(),
-                None => key,
-            };
-            if key == CALL_ID_STACK {
-                // Only an array of strings is a stack; anything else is ignored rather than split
-                // into characters (what Python's deque.extend would do with a string).
-                if let Value::Array(items) = value {
-                    parent_stack = items
-                        .into_iter()
-                        .filter_map(|v| match v {
-                            Value::String(s) => Some(s),
-                            _ => None,
-                        })
-                        .collect();
-                }
-            } else {
-                data.insert(key, value);
-            }
-        }
+        let (data, mut parent_stack) = split_headers(headers);
         let call_id = format!(
             "{}.{}.{}",
             runtime.service_name,
@@ -108,11 +123,8 @@ impl WorkerContext {
         );
         let origin_call_id = parent_stack.first().cloned();
         let immediate_parent_call_id = parent_stack.last().cloned();
-        let keep = runtime.config.calls_tracked() + 1;
         parent_stack.push(call_id.clone());
-        if parent_stack.len() > keep {
-            parent_stack.drain(..parent_stack.len() - keep);
-        }
+        trim_stack(&mut parent_stack, runtime.config.calls_tracked());
         let slots = runtime.dependencies.len();
         WorkerContext {
             runtime,
@@ -229,5 +241,52 @@ impl WorkerContext {
 
     pub(crate) fn outgoing(&self) -> &Arc<Outgoing> {
         &self.outgoing
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("s.m.{i}")).collect()
+    }
+
+    #[test]
+    fn stack_keeps_the_tracked_parents_and_the_own_id() {
+        let mut stack = ids(5);
+        trim_stack(&mut stack, 2);
+        assert_eq!(stack, ["s.m.2", "s.m.3", "s.m.4"]);
+        let mut stack = ids(5);
+        trim_stack(&mut stack, 0);
+        assert_eq!(stack, ["s.m.4"]);
+    }
+
+    #[test]
+    fn unlimited_calls_tracked_does_not_overflow() {
+        // `parent_calls_tracked` can be usize::MAX from a config file; `+ 1` overflowed (a
+        // panic in debug builds, an emptied stack in release).
+        let mut stack = ids(3);
+        trim_stack(&mut stack, usize::MAX);
+        assert_eq!(stack, ids(3));
+    }
+
+    #[test]
+    fn headers_split_into_context_and_stack() {
+        let headers = json!({
+            "nameko.call_id_stack": ["a.b.1", 7, "c.d.2"],
+            "nameko.auth_token": "t",
+            "language": "en",
+        });
+        let Value::Object(headers) = headers else {
+            unreachable!()
+        };
+        let (data, stack) = split_headers(headers);
+        assert_eq!(stack, ["a.b.1", "c.d.2"]);
+        assert_eq!(
+            Value::Object(data),
+            json!({"auth_token": "t", "language": "en"})
+        );
     }
 }

@@ -93,6 +93,9 @@ pub mod describe;
 mod entrypoint;
 mod error;
 mod events;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 mod id;
 pub mod logger;

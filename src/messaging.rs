@@ -51,12 +51,13 @@ where
     T: DeserializeOwned,
     F: Fn(&WorkerContext, T) -> Result<()> + Send + Sync + 'static,
 {
-    Arc::new(move |ctx, body| {
-        let payload = serde_json::from_slice::<T>(body).map_err(|e| {
-            Error::bad_input(format!("the payload does not fit the handler's type: {e}"))
-        })?;
-        f(ctx, payload)
-    })
+    Arc::new(move |ctx, body| f(ctx, decode_payload(body)?))
+}
+
+/// Decodes a JSON message or event body into the handler's type.
+pub(crate) fn decode_payload<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
+    serde_json::from_slice::<T>(body)
+        .map_err(|e| Error::bad_input(format!("the payload does not fit the handler's type: {e}")))
 }
 
 /// Publishing channels shared by the threads of a dispatcher or publisher: each publish takes

@@ -699,6 +699,12 @@ fn oversized_bodies_and_heads_are_refused() {
     client.send(b"\r\n1\r\na\r\n0\r\n\r\n");
     assert_eq!(client.reply(false).status, 413);
 
+    // A chunk size near usize::MAX must be refused, not overflow the length arithmetic.
+    let mut client = Client::connect(port);
+    client.send(b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n");
+    client.send(b"ffffffffffffffff\r\naa\r\n0\r\n\r\n");
+    assert_eq!(client.reply(false).status, 413);
+
     let mut client = Client::connect(port);
     let big = "b".repeat(4096);
     client.send(format!("POST /x HTTP/1.1\r\nX-Big: {big}\r\n\r\n").as_bytes());

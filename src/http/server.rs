@@ -764,7 +764,8 @@ impl<'a> Connection<'a> {
                 while !self.line(deadline)?.is_empty() {}
                 return Ok(body);
             }
-            if body.len() + size > max {
+            // `size` is the client's number: checked before any arithmetic on it.
+            if size > max.saturating_sub(body.len()) {
                 return Err(Stop::Answer(413, "Content Too Large\n"));
             }
             while self.buf.len() - self.pos < size + 2 {

@@ -15,7 +15,7 @@
 //! and an ack settles on the queue directly from the worker's thread.
 
 mod broker;
-mod topic;
+pub(crate) mod topic;
 
 use crate::transport::{
     Acker, ConsumeSpec, Control, Delivery, DeliverySource, ExchangeSpec, Outcome, Outgoing,
