@@ -14,24 +14,9 @@ use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
-use support::{Cleanup, unique};
+use support::{Cleanup, Exchanges, unique};
 
 const WAIT: Duration = Duration::from_secs(3);
-
-/// Deletes the test's exchanges when dropped (queues go via Cleanup).
-struct Exchanges(Vec<String>);
-
-impl Drop for Exchanges {
-    fn drop(&mut self) {
-        let mut connection = support::raw_connection();
-        for name in &self.0 {
-            if let Ok(channel) = connection.open_channel(None) {
-                let _ = channel.exchange_delete(name.clone(), false);
-            }
-        }
-        let _ = connection.close();
-    }
-}
 
 /// Three services that declare one of everything, named after `prefix`.
 fn services(prefix: &str) -> (String, String, String, Vec<Service>) {

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use support::{Cleanup, eventually, unique};
+use support::{Cleanup, Exchanges, eventually, unique};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -26,21 +26,6 @@ type Seen = Arc<Mutex<Vec<(String, Value)>>>;
 
 fn seen() -> Seen {
     Arc::new(Mutex::new(Vec::new()))
-}
-
-/// Deletes the events exchanges of the test's sources when dropped (queues go via Cleanup).
-struct Exchanges(Vec<String>);
-
-impl Drop for Exchanges {
-    fn drop(&mut self) {
-        let mut connection = support::raw_connection();
-        for name in &self.0 {
-            if let Ok(channel) = connection.open_channel(None) {
-                let _ = channel.exchange_delete(name.clone(), false);
-            }
-        }
-        let _ = connection.close();
-    }
 }
 
 fn source(exchanges: &mut Exchanges, prefix: &str) -> String {

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{Cleanup, unique};
+use support::{Cleanup, Exchanges, unique};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -352,21 +352,6 @@ fn call_id_stacks_cross_the_language_boundary_both_ways() {
             assert_eq!(r.exc_type, "IncorrectSignature", "fail() needs a message")
         }
         other => panic!("{other:?}"),
-    }
-}
-
-/// Deletes exchanges when dropped (the queues go with `Cleanup`).
-struct Exchanges(Vec<String>);
-
-impl Drop for Exchanges {
-    fn drop(&mut self) {
-        let mut connection = support::raw_connection();
-        for name in &self.0 {
-            if let Ok(channel) = connection.open_channel(None) {
-                let _ = channel.exchange_delete(name.clone(), false);
-            }
-        }
-        let _ = connection.close();
     }
 }
 

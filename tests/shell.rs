@@ -9,22 +9,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{Cleanup, unique};
-
-/// Deletes the test's exchanges when dropped (queues go via Cleanup).
-struct Exchanges(Vec<String>);
-
-impl Drop for Exchanges {
-    fn drop(&mut self) {
-        let mut connection = support::raw_connection();
-        for name in &self.0 {
-            if let Ok(channel) = connection.open_channel(None) {
-                let _ = channel.exchange_delete(name.clone(), false);
-            }
-        }
-        let _ = connection.close();
-    }
-}
+use support::{Cleanup, Exchanges, unique};
 
 fn run_shell(config: &enoki::Config, script: &str) -> std::process::Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_enoki"))

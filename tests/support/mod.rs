@@ -99,6 +99,21 @@ impl Drop for Cleanup {
     }
 }
 
+/// Deletes the named exchanges when dropped (queues go with [`Cleanup`]).
+pub struct Exchanges(pub Vec<String>);
+
+impl Drop for Exchanges {
+    fn drop(&mut self) {
+        let mut connection = raw_connection();
+        for name in &self.0 {
+            if let Ok(channel) = connection.open_channel(None) {
+                let _ = channel.exchange_delete(name.clone(), false);
+            }
+        }
+        let _ = connection.close();
+    }
+}
+
 /// A raw client: publishes requests with any properties and reads replies from its own queue.
 pub struct RawClient {
     _connection: Connection,
