@@ -41,7 +41,10 @@ use amiquip::{
     ExchangeType, FieldTable, Publish, QueueDeclareOptions, QueueDeleteOptions, Return,
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, select};
-use enoki::{AmqpUri, ClusterRpcProxy, Config, Container, Service};
+use enoki::{AmqpUri, ClusterRpcProxy, Config, Container, RpcProxy, Service};
+#[path = "support/nameko.rs"]
+mod nameko;
+use nameko::NamekoService;
 use parking_lot::Mutex;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -56,7 +59,6 @@ const EXCHANGE: &str = "nameko-rpc";
 /// enoki's default pool size and prefetch, used by the pool floor and the enoki container.
 const WORKERS: usize = 10;
 const PREFETCH: u16 = 10;
-const IN_FLIGHT: usize = 32;
 const WARMUP: usize = 200;
 const DEFAULT_CALLS: usize = 2000;
 const DEFAULT_ROUNDS: usize = 2;
@@ -77,27 +79,45 @@ fn main() -> ExitCode {
     enoki::logger::init();
     let calls = env_usize("ENOKI_BENCH_CALLS", DEFAULT_CALLS);
     let rounds = env_usize("ENOKI_BENCH_ROUNDS", DEFAULT_ROUNDS);
-    let per_thread = (calls / 4).max(1);
     let uri_text = std::env::var("ENOKI_BENCH_AMQP_URI").unwrap_or_else(|_| DEFAULT_URI.into());
     let (uri, uri_text) = reachable_vhost(&uri_text);
+    let python = nameko::python();
     println!(
-        "rpc bench: broker {uri}, {rounds} rounds, serial {calls} calls, \
-         in flight {IN_FLIGHT} threads x {per_thread} calls, warm-up {WARMUP} calls"
+        "rpc bench: broker {uri}, {rounds} rounds, serial {calls} calls, in flight \
+         {IN_FLIGHT_LEVELS:?} threads sharing about {calls} calls, warm-up {WARMUP} calls{}",
+        if python.is_some() {
+            ", with Python Nameko"
+        } else {
+            ""
+        }
     );
 
     let id = uuid::Uuid::new_v4().simple().to_string();
     let echo = format!("bench_echo_{id}");
+    let relay = format!("bench_relay_{id}");
     let inline_service = format!("bench_floor_inline_{id}");
     let pool_service = format!("bench_floor_pool_{id}");
+    let relay_service = format!("bench_floor_relay_{id}");
+    let py_echo = format!("bench_py_echo_{id}");
+    let py_relay = format!("bench_py_relay_{id}");
     // Deletes the durable queues even if the bench panics; reply queues also expire.
     let mut cleanup = Cleanup {
         uri: uri.clone(),
-        queues: [&echo, &inline_service, &pool_service]
-            .map(|s| format!("rpc-{s}"))
-            .to_vec(),
+        queues: [
+            &echo,
+            &relay,
+            &inline_service,
+            &pool_service,
+            &relay_service,
+            &py_echo,
+            &py_relay,
+        ]
+        .map(|s| format!("rpc-{s}"))
+        .to_vec(),
     };
     let inline = FloorServer::start(&uri, &inline_service, 0);
     let pool = FloorServer::start(&uri, &pool_service, WORKERS);
+    let floor_relay = FloorServer::relaying(&uri, &relay_service, 0, Some(&inline_service));
     let config = Config::new().amqp_uri(&uri_text).max_workers(WORKERS);
     let mut container = Container::new(
         Service::new(&echo).rpc("echo", |_ctx, (v,): (Value,)| Ok(v)),
@@ -106,56 +126,115 @@ fn main() -> ExitCode {
     container
         .start()
         .expect("cannot start the enoki echo service");
+    let mut relay_container = Container::new(
+        Service::new(&relay)
+            .dependency("echo", RpcProxy::new(&echo))
+            .rpc("relay", |ctx, (v,): (Value,)| {
+                ctx.dependency::<RpcProxy>("echo")?
+                    .call::<Value>("echo", (v,))
+            }),
+        config.clone(),
+    );
+    relay_container
+        .start()
+        .expect("cannot start the enoki relay service");
     let cluster = ClusterRpcProxy::new(&config)
         .expect("cannot start the enoki ClusterRpcProxy")
         .timeout(TIMEOUT);
     cleanup.queues.push(cluster.reply_queue().to_owned());
+    let py_services = python.as_deref().map(|python| {
+        let amqp = uri_text.as_str();
+        (
+            NamekoService::start(python, &[("AMQP_URI", amqp), ("SERVICE_NAME", &py_echo)]),
+            NamekoService::start(
+                python,
+                &[
+                    ("AMQP_URI", amqp),
+                    ("SERVICE_NAME", &py_relay),
+                    ("TARGET_SERVICE", &py_echo),
+                ],
+            ),
+        )
+    });
 
     let mut results: HashMap<&'static str, Vec<Sample>> = HashMap::new();
+    let mut record = |name: &'static str, sample: Sample| {
+        let stats = Stats::of(&sample);
+        eprintln!(
+            "  {name:<50} p50 {:>6} µs  {:>6.0} calls/s",
+            micros(stats.p50),
+            stats.throughput
+        );
+        results.entry(name).or_default().push(sample);
+    };
     for round in 1..=rounds {
         eprintln!("round {round}/{rounds}: serial, floor and enoki interleaved");
-        let mut record = |name, sample: Sample| {
-            let stats = Stats::of(&sample);
-            eprintln!(
-                "  {name:<50} p50 {:>6} µs  {:>6.0} calls/s",
-                micros(stats.p50),
-                stats.throughput
-            );
-            results.entry(name).or_default().push(sample);
-        };
         let serial = with_direct_client(&uri, &inline.service, |direct| {
-            with_shared_client(&uri, &pool.service, 1, |shared| {
-                with_shared_client(&uri, &echo, 1, |to_enoki| {
-                    measure_interleaved(
-                        calls,
-                        &mut [
-                            direct,
-                            &mut || shared.call(),
-                            &mut || enoki_call(&cluster, &echo),
-                            &mut || enoki_call(&cluster, &pool.service),
-                            &mut || to_enoki.call(),
-                        ],
-                    )
+            with_direct_client(&uri, &floor_relay.service, |relayed| {
+                with_shared_client(&uri, &pool.service, 1, |shared| {
+                    with_shared_client(&uri, &echo, 1, |to_enoki| {
+                        let mut clients: Vec<&mut dyn FnMut()> = Vec::new();
+                        let (mut enoki_echo, mut enoki_floor, mut enoki_relay) = (
+                            || enoki_call(&cluster, &echo, "echo"),
+                            || enoki_call(&cluster, &pool.service, "echo"),
+                            || enoki_call(&cluster, &relay, "relay"),
+                        );
+                        let mut shared_call = || shared.call();
+                        let mut to_enoki_call = || to_enoki.call();
+                        clients.push(direct);
+                        clients.push(&mut shared_call);
+                        clients.push(&mut enoki_echo);
+                        clients.push(&mut enoki_floor);
+                        clients.push(&mut to_enoki_call);
+                        clients.push(relayed);
+                        clients.push(&mut enoki_relay);
+                        match &py_services {
+                            Some(_) => with_shared_client(&uri, &py_echo, 1, |py| {
+                                with_shared_client_of(&uri, &py_relay, "relay", 1, |py_chain| {
+                                    let mut py_call = || py.call();
+                                    let mut py_chain_call = || py_chain.call();
+                                    let mut all: Vec<&mut dyn FnMut()> =
+                                        clients.drain(..).map(|c| c as &mut dyn FnMut()).collect();
+                                    all.push(&mut py_call);
+                                    all.push(&mut py_chain_call);
+                                    measure_interleaved(calls, &mut all)
+                                })
+                            }),
+                            None => measure_interleaved(calls, &mut clients),
+                        }
+                    })
                 })
             })
         });
-        for (name, sample) in SERIAL.into_iter().zip(serial) {
+        for (name, sample) in SERIAL.into_iter().chain(NAMEKO_SERIAL).zip(serial) {
             record(name, sample);
         }
-        eprintln!("round {round}/{rounds}: {IN_FLIGHT} in flight, floor");
-        for (name, server) in [(FLOOR_FLIGHT_INLINE, &inline), (FLOOR_FLIGHT_POOL, &pool)] {
-            let sample = with_shared_client(&uri, &server.service, IN_FLIGHT, |client| {
-                measure_threads(IN_FLIGHT, per_thread, || client.call())
-            });
-            record(name, sample);
+        for threads in IN_FLIGHT_LEVELS {
+            let per_thread = (calls / threads).max(10);
+            eprintln!("round {round}/{rounds}: {threads} in flight");
+            for (kind, server) in [("inline", &inline), ("pool", &pool)] {
+                let sample = with_shared_client(&uri, &server.service, threads, |client| {
+                    measure_threads(threads, per_thread, || client.call())
+                });
+                record(flight_row("floor", kind, threads), sample);
+            }
+            let sample =
+                measure_threads(threads, per_thread, || enoki_call(&cluster, &echo, "echo"));
+            record(flight_row("enoki", "", threads), sample);
+            if py_services.is_some() {
+                let sample = with_shared_client(&uri, &py_echo, threads, |client| {
+                    measure_threads(threads, per_thread, || client.call())
+                });
+                record(flight_row("nameko", "", threads), sample);
+            }
         }
-        eprintln!("round {round}/{rounds}: {IN_FLIGHT} in flight, enoki");
-        let sample = measure_threads(IN_FLIGHT, per_thread, || enoki_call(&cluster, &echo));
-        record(ENOKI_FLIGHT, sample);
     }
 
+    drop(py_services);
     cluster.close();
+    relay_container.stop();
     container.stop();
+    floor_relay.stop();
     inline.stop();
     pool.stop();
     drop(cleanup);
@@ -167,51 +246,61 @@ fn main() -> ExitCode {
     report(&best)
 }
 
+/// How many calls the in-flight rows keep outstanding (one thread each).
+const IN_FLIGHT_LEVELS: [usize; 4] = [1, 8, 32, 128];
+
+/// The row name of an in-flight measurement (leaked: a handful per run).
+fn flight_row(who: &str, kind: &str, threads: usize) -> &'static str {
+    let name = match kind {
+        "" => format!("{who} {threads} in flight"),
+        kind => format!("{who} {threads} in flight, {kind} server, shared client"),
+    };
+    Box::leak(name.into_boxed_str())
+}
+
 // Rows of the results, by what was measured.
 const FLOOR_SERIAL_INLINE: &str = "floor serial, inline server, direct client";
 const FLOOR_SERIAL_POOL: &str = "floor serial, pool server, shared client";
-const FLOOR_FLIGHT_INLINE: &str = "floor 32 in flight, inline server, shared client";
-const FLOOR_FLIGHT_POOL: &str = "floor 32 in flight, pool server, shared client";
+const FLOOR_CHAIN: &str = "floor serial, client -> A -> B, inline servers";
 const ENOKI_SERIAL: &str = "enoki serial";
-const ENOKI_FLIGHT: &str = "enoki 32 in flight";
+const ENOKI_CHAIN: &str = "enoki serial, client -> A -> B (RpcProxy)";
 const MIXED_ENOKI_CLIENT: &str = "mixed serial, enoki client, floor pool server";
 const MIXED_ENOKI_SERVER: &str = "mixed serial, floor shared client, enoki server";
+const NAMEKO_SERIAL_ROW: &str = "nameko serial (floor shared client)";
+const NAMEKO_CHAIN: &str = "nameko serial, client -> A -> B (RpcProxy)";
 /// The serial clients, in the order `main` interleaves them.
-const SERIAL: [&str; 5] = [
+const SERIAL: [&str; 7] = [
     FLOOR_SERIAL_INLINE,
     FLOOR_SERIAL_POOL,
     ENOKI_SERIAL,
     MIXED_ENOKI_CLIENT,
     MIXED_ENOKI_SERVER,
+    FLOOR_CHAIN,
+    ENOKI_CHAIN,
 ];
+/// The serial clients added with Python Nameko, after [`SERIAL`].
+const NAMEKO_SERIAL: [&str; 2] = [NAMEKO_SERIAL_ROW, NAMEKO_CHAIN];
 
 fn report(best: &HashMap<&str, Stats>) -> ExitCode {
-    let row = |name: &str| &best[name];
+    let row = |name: &str| best.get(name).copied();
+    let mut names: Vec<&str> = best.keys().copied().collect();
+    names.sort();
     println!();
     println!(
         "every measurement, best of rounds (latency in µs; CPU: the whole bench process, \
          clients and servers, per call)"
     );
     println!(
-        "{:<50} {:>8} {:>8} {:>8} {:>10} {:>11}",
+        "{:<55} {:>8} {:>8} {:>8} {:>10} {:>11}",
         "", "p50", "p90", "p99", "calls/s", "CPU µs/call"
     );
-    for name in [
-        FLOOR_SERIAL_INLINE,
-        FLOOR_SERIAL_POOL,
-        FLOOR_FLIGHT_INLINE,
-        FLOOR_FLIGHT_POOL,
-        ENOKI_SERIAL,
-        ENOKI_FLIGHT,
-        MIXED_ENOKI_CLIENT,
-        MIXED_ENOKI_SERVER,
-    ] {
-        let s = row(name);
+    for name in &names {
+        let s = best[name];
         let cpu = s
             .cpu_per_call
             .map_or_else(|| "n/a".to_owned(), |d| micros(d).to_string());
         println!(
-            "{name:<50} {:>8} {:>8} {:>8} {:>10.0} {cpu:>11}",
+            "{name:<55} {:>8} {:>8} {:>8} {:>10.0} {cpu:>11}",
             micros(s.p50),
             micros(s.p90),
             micros(s.p99),
@@ -222,55 +311,62 @@ fn report(best: &HashMap<&str, Stats>) -> ExitCode {
     // The serial floor is the raw minimum; under load, whichever floor shape serves more. The
     // "same shape" row compares enoki with the floor built as enoki is (worker pool, shared
     // reply queue), which isolates what enoki adds from what its architecture costs.
-    let serial_floor = FLOOR_SERIAL_INLINE;
-    let flight_floor = if row(FLOOR_FLIGHT_POOL).throughput >= row(FLOOR_FLIGHT_INLINE).throughput {
-        FLOOR_FLIGHT_POOL
-    } else {
-        FLOOR_FLIGHT_INLINE
-    };
     println!();
-    println!(
-        "{:<18} | {:>23} | {:>23} | {:>9}",
-        "latency (µs)", "floor p50/p90/p99", "enoki p50/p90/p99", "ratio p50"
+    let p50 = |s: Option<Stats>| s.map(|s| s.p50.as_secs_f64() * 1e6);
+    let rate = |s: Option<Stats>| s.map(|s| s.throughput);
+    let serial = row(ENOKI_SERIAL).expect("enoki serial was measured");
+    let chain = row(ENOKI_CHAIN).expect("the enoki chain was measured");
+    nameko::summary(
+        "RPC serial p50",
+        "µs",
+        p50(row(FLOOR_SERIAL_INLINE)),
+        serial.p50.as_secs_f64() * 1e6,
+        p50(row(NAMEKO_SERIAL_ROW)),
+        "≤ 1.10× floor",
     );
-    let workloads = [
-        ("serial", serial_floor, ENOKI_SERIAL),
-        ("serial, same shape", FLOOR_SERIAL_POOL, ENOKI_SERIAL),
-        ("32 in flight", flight_floor, ENOKI_FLIGHT),
-    ];
-    for (workload, floor, enoki) in workloads {
-        let (f, e) = (row(floor), row(enoki));
-        println!(
-            "{workload:<18} | {:>23} | {:>23} | {:>9.3}",
-            format!("{}/{}/{}", micros(f.p50), micros(f.p90), micros(f.p99)),
-            format!("{}/{}/{}", micros(e.p50), micros(e.p90), micros(e.p99)),
-            e.p50.as_secs_f64() / f.p50.as_secs_f64()
+    nameko::summary(
+        "RPC serial p50, same-shape floor",
+        "µs",
+        p50(row(FLOOR_SERIAL_POOL)),
+        serial.p50.as_secs_f64() * 1e6,
+        None,
+        "-",
+    );
+    nameko::summary(
+        "RPC client -> A -> B p50",
+        "µs",
+        p50(row(FLOOR_CHAIN)),
+        chain.p50.as_secs_f64() * 1e6,
+        p50(row(NAMEKO_CHAIN)),
+        "-",
+    );
+    for threads in IN_FLIGHT_LEVELS {
+        let floor = [
+            row(flight_row("floor", "inline", threads)),
+            row(flight_row("floor", "pool", threads)),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|s| s.throughput)
+        .reduce(f64::max);
+        let enoki = row(flight_row("enoki", "", threads)).expect("enoki in flight was measured");
+        nameko::summary(
+            &format!("RPC {threads} in flight"),
+            "calls/s",
+            floor,
+            enoki.throughput,
+            rate(row(flight_row("nameko", "", threads))),
+            if threads >= 32 {
+                "≥ 0.8× floor, ≥ 6× nameko"
+            } else {
+                "-"
+            },
         );
     }
-    println!();
-    println!(
-        "{:<18} | {:>13} | {:>13} | {:>9}",
-        "throughput", "floor calls/s", "enoki calls/s", "ratio"
-    );
-    for (workload, floor, enoki) in workloads {
-        let (f, e) = (row(floor), row(enoki));
-        println!(
-            "{workload:<18} | {:>13.0} | {:>13.0} | {:>9.3}",
-            f.throughput,
-            e.throughput,
-            e.throughput / f.throughput
-        );
-    }
-    println!();
-    println!("floor for serial: {serial_floor}");
-    println!("floor for serial, same shape: {FLOOR_SERIAL_POOL}");
-    println!("floor for 32 in flight (the higher throughput): {flight_floor}");
 
-    // Serial calls only: with 32 in flight the p50 is mostly queueing (Little's law: 32 calls
-    // over the throughput), so it can pass 20 ms on a slow broker without any Nagle stall.
     let slow: Vec<&str> = SERIAL
         .into_iter()
-        .filter(|name| row(name).p50 >= NAGLE_P50)
+        .filter(|name| row(name).is_some_and(|s| s.p50 >= NAGLE_P50))
         .collect();
     if slow.is_empty() {
         println!(
@@ -458,9 +554,9 @@ fn measure_threads(threads: usize, per_thread: usize, call: impl Fn() + Sync) ->
 // ---------------------------------------------------------------------------------------------
 // enoki
 
-fn enoki_call(cluster: &ClusterRpcProxy, service: &str) {
+fn enoki_call(cluster: &ClusterRpcProxy, service: &str, method: &str) {
     let reply: Value = cluster
-        .call(service, "echo", ("hello",))
+        .call(service, method, ("hello",))
         .expect("enoki echo call failed");
     assert_eq!(reply, "hello");
 }
@@ -723,12 +819,24 @@ impl FloorServer {
     /// Starts serving `service` inline (`workers == 0`) or on a pool of `workers` threads;
     /// returns once the queue is consumed.
     fn start(uri: &AmqpUri, service: &str, workers: usize) -> FloorServer {
+        FloorServer::relaying(uri, service, workers, None)
+    }
+
+    /// As [`FloorServer::start`]; with `relay`, an inline server makes one raw serial call to
+    /// `relay` (a direct client, as [`with_direct_client`]) before replying to each request.
+    fn relaying(uri: &AmqpUri, service: &str, workers: usize, relay: Option<&str>) -> FloorServer {
         let (stop, stop_rx) = crossbeam_channel::bounded(1);
         let (ready, ready_rx) = crossbeam_channel::bounded(1);
         let (uri, name) = (uri.clone(), service.to_owned());
+        let relay = relay.map(str::to_owned);
         let thread = std::thread::Builder::new()
             .name(format!("floor-{service}"))
-            .spawn(move || serve(&uri, &name, workers, &ready, &stop_rx))
+            .spawn(move || match relay {
+                Some(target) => with_direct_client(&uri, &target, |hop| {
+                    serve(&uri, &name, workers, Some(hop), &ready, &stop_rx)
+                }),
+                None => serve(&uri, &name, workers, None, &ready, &stop_rx),
+            })
             .expect("cannot spawn the floor server");
         ready_rx
             .recv_timeout(TIMEOUT)
@@ -760,7 +868,14 @@ fn reply_properties(request: &AmqpProperties) -> AmqpProperties {
     properties
 }
 
-fn serve(uri: &AmqpUri, service: &str, workers: usize, ready: &Sender<()>, stop: &Receiver<()>) {
+fn serve(
+    uri: &AmqpUri,
+    service: &str,
+    workers: usize,
+    mut hop: Option<&mut dyn FnMut()>,
+    ready: &Sender<()>,
+    stop: &Receiver<()>,
+) {
     let queue = format!("rpc-{service}");
     let mut consuming = connect(uri, HEARTBEAT);
     let mut publishing = connect(uri, 0);
@@ -811,6 +926,9 @@ fn serve(uri: &AmqpUri, service: &str, workers: usize, ready: &Sender<()>, stop:
                         .expect("a request without reply_to");
                     match &mut inline {
                         Some(publisher) => {
+                            if let Some(hop) = hop.as_mut() {
+                                hop();
+                            }
                             publisher.publish(
                                 &reply_to,
                                 reply_properties(&delivery.properties),
@@ -968,6 +1086,17 @@ fn with_shared_client<R>(
     callers: usize,
     body: impl FnOnce(&SharedClient) -> R,
 ) -> R {
+    with_shared_client_of(uri, service, "echo", callers, body)
+}
+
+/// As [`with_shared_client`], calling `method` (which takes one argument and returns it).
+fn with_shared_client_of<R>(
+    uri: &AmqpUri,
+    service: &str,
+    method: &str,
+    callers: usize,
+    body: impl FnOnce(&SharedClient) -> R,
+) -> R {
     let reply_to = new_id();
     let reply_queue = format!("rpc.reply-bench-{reply_to}");
     let mut consuming = connect(uri, HEARTBEAT);
@@ -976,7 +1105,7 @@ fn with_shared_client<R>(
     declare_bound_queue(&channel, &reply_queue, &reply_to, true);
     let client = SharedClient {
         reply_to,
-        routing_key: format!("{service}.echo"),
+        routing_key: format!("{service}.{method}"),
         call_id: format!("bench.call.{}", new_id()),
         pending: Mutex::new(HashMap::new()),
         publishers: Mutex::new(
