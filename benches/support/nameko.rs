@@ -2,6 +2,8 @@
 //! same load generator as enoki. On when `ENOKI_BENCH_PYTHON` names a Python with Nameko
 //! (scripts/bench sets it to the repo's `.venv`); `bench/nameko_bench.py` is the service.
 
+#![allow(dead_code)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
