@@ -258,7 +258,7 @@ fn main() -> ExitCode {
     let errors = timer_errors(&config);
     let p = |q: f64| errors[((errors.len() - 1) as f64 * q).round() as usize];
     nameko::summary(
-        "timer |error| p99, idle",
+        "timer abs(error) p99, idle",
         "µs",
         None,
         p(0.99).as_secs_f64() * 1e6,
@@ -268,7 +268,7 @@ fn main() -> ExitCode {
     let loaded = under_rpc_load(&config, &id, || timer_errors(&config));
     let p = |q: f64| loaded[((loaded.len() - 1) as f64 * q).round() as usize];
     nameko::summary(
-        &format!("timer |error| p99, {TIMER_LOAD_CALLERS} RPC callers"),
+        &format!("timer abs(error) p99, {TIMER_LOAD_CALLERS} RPC callers"),
         "µs",
         None,
         p(0.99).as_secs_f64() * 1e6,

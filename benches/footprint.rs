@@ -272,7 +272,7 @@ fn measure(
         let _ = t.join();
     }
     terminate(&mut child);
-    delete_queue(&uri, &format!("rpc-{name}"));
+    delete_queue(uri, &format!("rpc-{name}"));
 
     Footprint {
         ready,
