@@ -21,19 +21,28 @@
 //! publishing channel, which send the acks back to the consuming thread (enoki's shape). Floor
 //! clients: `direct` consumes the reply queue on the calling thread (serial only), `shared` has
 //! a listener thread waking callers by correlation id and a pool of publishing channels
-//! (enoki's shape, needed for 32 in flight). The serial floor is the raw minimum (inline server,
-//! direct client); the 32-in-flight floor is whichever server shape serves more calls per second.
-//! Two mixed rows (enoki client against the floor server, floor client against the enoki
+//! (enoki's shape, needed for calls in flight). The serial floor is the raw minimum (inline
+//! server, direct client); each in-flight floor is whichever server shape serves more calls per
+//! second. Two mixed rows (enoki client against the floor server, floor client against the enoki
 //! server) show whether enoki's overhead sits in its client or its service.
 //!
+//! Two hops (client -> A -> B): the floor is an inline server that makes one raw serial call
+//! (a direct client) to the inline floor server before replying; enoki is a service whose rpc
+//! calls the enoki echo service through `RpcProxy`.
+//!
+//! With `ENOKI_BENCH_PYTHON` set to a Python with Nameko 2.14.1 (`scripts/bench --with-nameko`),
+//! `bench/nameko_bench.py` runs an echo service and a relaying one, driven by the floor's shared
+//! client: the same load generator, in the same run.
+//!
 //! Each round runs the serial clients interleaved in blocks of 50 calls (floor, enoki, mixed,
-//! rotating), so the drift of a noisy machine falls on all of them alike, then 32 threads in
-//! flight against the floor, then against enoki. Rounds repeat (`ENOKI_BENCH_ROUNDS`, default
-//! 2), and every reported number is the best of the rounds for that statistic (lowest
-//! percentile, highest throughput), for floor and enoki alike.
+//! two hops, Nameko, rotating), so the drift of a noisy machine falls on all of them alike, then
+//! 1, 8, 32 and 128 threads in flight against each server. Rounds repeat (`ENOKI_BENCH_ROUNDS`,
+//! default 2), and every reported number is the best of the rounds for that statistic (lowest
+//! percentile, highest throughput), for floor and enoki alike. `BENCH` lines at the end are the
+//! summary `scripts/bench` gathers.
 //!
 //! A serial p50 of 20 ms or more means the 40 ms Nagle floor is back: the bench then fails. (With
-//! 32 in flight the p50 is mostly queueing, 32 over the throughput, so it is not checked.)
+//! calls in flight the p50 is mostly queueing, n over the throughput, so it is not checked.)
 
 use enoki::{ClusterRpcProxy, Config, Container, RpcProxy, Service};
 #[path = "support/floor.rs"]
