@@ -27,6 +27,8 @@
 //!
 //! Every figure is the best of the rounds (`ENOKI_BENCH_ROUNDS`, default 3) for that statistic.
 
+#[path = "support/nameko.rs"]
+mod nameko;
 use enoki::testing::Hook;
 use enoki::{ClusterRpcProxy, Config, Container, Service};
 use serde_json::Value;
@@ -210,5 +212,23 @@ fn main() {
     row(
         &format!("memory:// round trip, {IN_FLIGHT} in flight"),
         memory_flight,
+    );
+    let ns = |s: Option<Stats>| s.map(|s| s.ns_per_call);
+    // No floor for this row: it has no thread hop, which is what the ping-pong measures.
+    nameko::summary(
+        "in-process dispatch, no broker (worker)",
+        "ns/call",
+        None,
+        ns(worker).unwrap_or(f64::NAN),
+        None,
+        "-",
+    );
+    nameko::summary(
+        "memory:// round trip, serial (floor: thread ping-pong)",
+        "ns/call",
+        ns(floor),
+        ns(memory_serial).unwrap_or(f64::NAN),
+        None,
+        "-",
     );
 }

@@ -32,13 +32,18 @@ use amiquip::{
     QueueDeclareOptions,
 };
 use crossbeam_channel::{Receiver, Sender};
-use enoki::{AmqpUri, Config, Container, EventHandler, Service, StandaloneDispatcher, Timer};
+use enoki::{
+    AmqpUri, ClusterRpcProxy, Config, Container, EventHandler, Service, StandaloneDispatcher, Timer,
+};
+#[path = "support/nameko.rs"]
+mod nameko;
+use nameko::NamekoService;
 use parking_lot::Mutex;
 use serde_json::Value;
 use std::net::TcpStream;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const DEFAULT_URI: &str = "amqp://guest:guest@localhost:5672/enoki_test";
@@ -73,7 +78,15 @@ fn main() -> ExitCode {
     let enoki_queue = format!("evt-{enoki_source}-{EVENT_TYPE}--{service}.handle_tick");
     let _cleanup = Cleanup {
         uri: uri.clone(),
-        queues: vec![floor_queue.clone(), enoki_queue],
+        // The echo queue of the timer-under-load check (`under_rpc_load`).
+        queues: vec![
+            floor_queue.clone(),
+            enoki_queue,
+            format!("rpc-bench_timer_load_{id}"),
+            // Python Nameko's, when it runs.
+            format!("evt-bench_py_src_{id}-{EVENT_TYPE}--bench_py_events_{id}.handle_tick"),
+            format!("rpc-bench_py_events_{id}"),
+        ],
         exchanges: vec![
             format!("{floor_source}.events"),
             format!("{enoki_source}.events"),
@@ -169,6 +182,55 @@ fn main() -> ExitCode {
     container.stop();
     floor.stop();
     drop(floor_channels);
+
+    // Python Nameko: a service-pool handler counting events, fed by the floor's publishers;
+    // the count is polled over RPC. One round: it is much slower.
+    let py_source = format!("bench_py_src_{id}");
+    let py_service = format!("bench_py_events_{id}");
+    let nameko_rate = nameko::python().map(|python| {
+        let service = NamekoService::start(
+            &python,
+            &[
+                ("AMQP_URI", uri_text.as_str()),
+                ("SERVICE_NAME", &py_service),
+                ("EVENT_SOURCE", &py_source),
+            ],
+        );
+        let cluster = ClusterRpcProxy::new(&config).expect("cannot build a client");
+        let count = || -> usize { cluster.call(&py_service, "count", ()).expect("count") };
+        let mut channels: Vec<FloorPublisher> = (0..publishers)
+            .map(|_| FloorPublisher::open_declared_by_nameko(&mut floor_publishing, &py_source))
+            .collect();
+        let mut run = |n: usize| {
+            let goal = count() + n;
+            let started = Instant::now();
+            std::thread::scope(|scope| {
+                for (i, channel) in channels.iter_mut().enumerate() {
+                    let share = share(n, publishers, i);
+                    scope.spawn(move || {
+                        for _ in 0..share {
+                            channel.publish(BODY);
+                        }
+                    });
+                }
+            });
+            while count() < goal {
+                assert!(
+                    started.elapsed() < TIMEOUT,
+                    "Nameko did not handle the events"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            started.elapsed()
+        };
+        run(WARMUP);
+        let rate = events as f64 / run(events).as_secs_f64();
+        eprintln!("nameko: {rate:>8.0} events/s");
+        drop(channels);
+        cluster.close();
+        drop(service);
+        rate
+    });
     let _ = floor_publishing.close();
 
     let ratio = best_enoki / best_floor;
@@ -184,7 +246,39 @@ fn main() -> ExitCode {
         "| enoki: StandaloneDispatcher -> event_handler (service pool) | {best_enoki:.0} | {ratio:.2} |"
     );
 
+    nameko::summary(
+        "events end to end",
+        "events/s",
+        Some(best_floor),
+        best_enoki,
+        nameko_rate,
+        "≥ 0.8× floor, ≥ 4× nameko",
+    );
+
     let errors = timer_errors(&config);
+    let p = |q: f64| errors[((errors.len() - 1) as f64 * q).round() as usize];
+    nameko::summary(
+        "timer abs(error) p99, idle",
+        "µs",
+        None,
+        p(0.99).as_secs_f64() * 1e6,
+        None,
+        "-",
+    );
+    // One caller keeps a steady serial load (the CPU has room); eight saturate both cores, so
+    // what remains is the scheduler's wake-up latency with every core busy.
+    for callers in TIMER_LOAD_CALLERS {
+        let loaded = under_rpc_load(&config, &id, callers, || timer_errors(&config));
+        let p = |q: f64| loaded[((loaded.len() - 1) as f64 * q).round() as usize];
+        nameko::summary(
+            &format!("timer abs(error) p99, {callers} RPC caller(s)"),
+            "µs",
+            None,
+            p(0.99).as_secs_f64() * 1e6,
+            None,
+            "≤ 1000 µs",
+        );
+    }
     let p = |q: f64| errors[((errors.len() - 1) as f64 * q).round() as usize];
     println!();
     println!(
@@ -214,6 +308,44 @@ fn main() -> ExitCode {
     }
     println!("ok: enoki reached {ratio:.2} of the floor (at least {REQUIRED_RATIO} required)");
     ExitCode::SUCCESS
+}
+
+/// How many threads (in turn) keep calling an enoki echo service while the timer is measured under load.
+const TIMER_LOAD_CALLERS: [usize; 2] = [1, 8];
+
+/// Runs `measure` while `callers` threads call an enoki echo service (in this
+/// process, as the timer's service is) in a loop.
+fn under_rpc_load<T>(config: &Config, id: &str, callers: usize, measure: impl FnOnce() -> T) -> T {
+    let name = format!("bench_timer_load_{id}");
+    let mut echo = Container::new(
+        Service::new(&name).rpc("echo", |_ctx, (v,): (Value,)| Ok(v)),
+        config.clone(),
+    );
+    echo.start().expect("cannot start the echo service");
+    let cluster = ClusterRpcProxy::new(config).expect("cannot build a client");
+    let stop = AtomicBool::new(false);
+    let calls = AtomicUsize::new(0);
+    let started = Instant::now();
+    let result = std::thread::scope(|scope| {
+        for _ in 0..callers {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let _: Value = cluster.call(&name, "echo", (1,)).expect("echo call");
+                    calls.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        let result = measure();
+        stop.store(true, Ordering::Relaxed);
+        result
+    });
+    eprintln!(
+        "timer under load: {:.0} RPC calls/s alongside",
+        calls.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+    );
+    cluster.close();
+    echo.stop();
+    result
 }
 
 /// Runs an eager timer for `TIMER_TICKS` intervals; the sorted |error| of ticks 1..=TIMER_TICKS
@@ -357,6 +489,22 @@ impl FloorPublisher {
     fn open(connection: &mut Connection, source: &str) -> FloorPublisher {
         let channel = connection.open_channel(None).expect("channel");
         declare_exchange(&channel, source);
+        let confirms = channel
+            .listen_for_publisher_confirms()
+            .expect("confirm listener");
+        channel.enable_publisher_confirms().expect("confirm mode");
+        FloorPublisher {
+            channel,
+            confirms,
+            exchange: format!("{source}.events"),
+            seq: 0,
+        }
+    }
+
+    /// As [`FloorPublisher::open`], to an exchange a Nameko handler declared (with Nameko's
+    /// flags, which differ from the floor's: auto-delete).
+    fn open_declared_by_nameko(connection: &mut Connection, source: &str) -> FloorPublisher {
+        let channel = connection.open_channel(None).expect("channel");
         let confirms = channel
             .listen_for_publisher_confirms()
             .expect("confirm listener");

@@ -11,6 +11,8 @@
 //! at it. Each figure is the median of several starts.
 
 use enoki::{ClusterRpcProxy, Config, ErrorKind};
+#[path = "support/nameko.rs"]
+mod nameko;
 use serde_json::Value;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
@@ -33,7 +35,18 @@ fn status_field(pid: u32, field: &str) -> u64 {
 }
 
 fn spawn(bin: &str, uri: &str, name: &str) -> Child {
-    Command::new(bin)
+    let mut command = match nameko_script(bin) {
+        Some(script) => {
+            let mut c = Command::new(bin);
+            // Its stdin is a pipe held open by the Child: EOF there stops it.
+            c.arg(script)
+                .env("SERVICE_NAME", name)
+                .stdin(Stdio::piped());
+            c
+        }
+        None => Command::new(bin),
+    };
+    command
         .env("AMQP_URI", uri)
         .env("ECHO_SERVICE_NAME", name)
         .env("WEB_SERVER_ADDRESS", "127.0.0.1:0")
@@ -41,6 +54,14 @@ fn spawn(bin: &str, uri: &str, name: &str) -> Child {
         .stdout(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"))
+}
+
+/// With `bin` a Python (`ENOKI_BENCH_PYTHON`), the Nameko service to run instead of enoki's.
+fn nameko_script(bin: &str) -> Option<&'static str> {
+    (nameko::python().as_deref() == Some(bin)).then_some(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/bench/nameko_bench.py"
+    ))
 }
 
 /// Polls until `name.echo` answers; the time since `since`.
@@ -100,11 +121,124 @@ fn main() -> ExitCode {
     let cluster = Arc::new(ClusterRpcProxy::new(&config).expect("client"));
     let name = format!("footprint_echo_{}", std::process::id());
 
+    let enoki = measure(&cluster, &bin, &uri, &name, STARTS);
+    // Python Nameko: fewer starts, each takes a while.
+    let python = nameko::python().map(|python| {
+        let name = format!("footprint_py_{}", std::process::id());
+        let m = measure(&cluster, &python, &uri, &name, 3);
+        delete_queue(&uri, &format!("rpc-{name}"));
+        m
+    });
+    let Footprint {
+        ready,
+        exits,
+        mut idle_rss,
+        threads,
+        peak_rss,
+        loaded_threads,
+    } = enoki;
+    idle_rss.sort();
+    let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
+    println!("footprint of {bin} ({STARTS} starts, medians)");
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| binary size | {:.2} MiB |", size as f64 / 1048576.0);
+    println!(
+        "| idle RSS | {:.2} MiB |",
+        idle_rss[idle_rss.len() / 2] as f64 / 1024.0
+    );
+    println!(
+        "| peak RSS, 32 callers | {:.2} MiB |",
+        peak_rss as f64 / 1024.0
+    );
+    println!(
+        "| exec to first served call | {:.1} ms |",
+        median(ready.clone()).as_secs_f64() * 1e3
+    );
+    println!(
+        "| idle SIGTERM to exit | {:.1} ms |",
+        median(exits.clone()).as_secs_f64() * 1e3
+    );
+    println!(
+        "| threads idle / under load | {} / {loaded_threads} |",
+        threads[threads.len() / 2]
+    );
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let py = python.as_ref();
+    let summary = |what: &str, unit: &str, enoki: f64, nameko: Option<f64>, target: &str| {
+        nameko::summary(what, unit, None, enoki, nameko, target)
+    };
+    summary(
+        "echo binary, static, stripped",
+        "MiB",
+        size as f64 / 1048576.0,
+        None,
+        "≤ 2 MiB",
+    );
+    summary(
+        "idle RSS",
+        "MiB",
+        mib(idle_rss[idle_rss.len() / 2]),
+        py.map(|p| mib(p.idle_rss_median())),
+        "≤ 4 MiB",
+    );
+    summary(
+        "peak RSS, 32 callers",
+        "MiB",
+        mib(peak_rss),
+        py.map(|p| mib(p.peak_rss)),
+        "-",
+    );
+    summary(
+        "exec to first served call",
+        "ms",
+        median(ready).as_secs_f64() * 1e3,
+        py.map(|p| median(p.ready.clone()).as_secs_f64() * 1e3),
+        "≤ 30 ms",
+    );
+    summary(
+        "idle SIGTERM to exit",
+        "ms",
+        median(exits).as_secs_f64() * 1e3,
+        py.map(|p| median(p.exits.clone()).as_secs_f64() * 1e3),
+        "≤ 100 ms",
+    );
+    ExitCode::SUCCESS
+}
+
+/// What [`measure`] found.
+struct Footprint {
+    ready: Vec<Duration>,
+    exits: Vec<Duration>,
+    idle_rss: Vec<u64>,
+    threads: Vec<u64>,
+    peak_rss: u64,
+    loaded_threads: u64,
+}
+
+impl Footprint {
+    fn idle_rss_median(&self) -> u64 {
+        let mut v = self.idle_rss.clone();
+        v.sort();
+        v[v.len() / 2]
+    }
+}
+
+/// Starts `bin` `starts` times (ready time, idle RSS and threads, SIGTERM exit), then once
+/// more under the load of 32 callers for two seconds.
+fn measure(
+    cluster: &Arc<ClusterRpcProxy>,
+    bin: &str,
+    uri: &str,
+    name: &str,
+    starts: usize,
+) -> Footprint {
+    let name = name.to_owned();
     let (mut ready, mut exits, mut idle_rss, mut threads) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..STARTS {
+    for _ in 0..starts {
         let started = Instant::now();
-        let mut child = spawn(&bin, &uri, &name);
-        ready.push(first_call(&cluster, &name, started));
+        let mut child = spawn(bin, uri, &name);
+        ready.push(first_call(cluster, &name, started));
         std::thread::sleep(Duration::from_millis(500));
         idle_rss.push(status_field(child.id(), "VmRSS:"));
         threads.push(status_field(child.id(), "Threads:"));
@@ -112,8 +246,8 @@ fn main() -> ExitCode {
     }
 
     // Under load: 32 callers for two seconds.
-    let mut child = spawn(&bin, &uri, &name);
-    first_call(&cluster, &name, Instant::now());
+    let mut child = spawn(bin, uri, &name);
+    first_call(cluster, &name, Instant::now());
     let stop = Arc::new(AtomicBool::new(false));
     let load: Vec<_> = (0..32)
         .map(|_| {
@@ -138,33 +272,14 @@ fn main() -> ExitCode {
         let _ = t.join();
     }
     terminate(&mut child);
-    delete_queue(&uri, &format!("rpc-{name}"));
+    delete_queue(uri, &format!("rpc-{name}"));
 
-    idle_rss.sort();
-    let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
-    println!("footprint of {bin} ({STARTS} starts, medians)");
-    println!("| measure | value |");
-    println!("|---|---|");
-    println!("| binary size | {:.2} MiB |", size as f64 / 1048576.0);
-    println!(
-        "| idle RSS | {:.2} MiB |",
-        idle_rss[idle_rss.len() / 2] as f64 / 1024.0
-    );
-    println!(
-        "| peak RSS, 32 callers | {:.2} MiB |",
-        peak_rss as f64 / 1024.0
-    );
-    println!(
-        "| exec to first served call | {:.1} ms |",
-        median(ready).as_secs_f64() * 1e3
-    );
-    println!(
-        "| idle SIGTERM to exit | {:.1} ms |",
-        median(exits).as_secs_f64() * 1e3
-    );
-    println!(
-        "| threads idle / under load | {} / {loaded_threads} |",
-        threads[threads.len() / 2]
-    );
-    ExitCode::SUCCESS
+    Footprint {
+        ready,
+        exits,
+        idle_rss,
+        threads,
+        peak_rss,
+        loaded_threads,
+    }
 }

@@ -15,7 +15,12 @@
 //! ```
 
 use enoki::http::{Request, Response};
-use enoki::{Config, Container, Service};
+use enoki::{Config, Container, RpcProxy, Service};
+#[path = "support/floor.rs"]
+mod floor;
+#[path = "support/nameko.rs"]
+mod nameko;
+use nameko::NamekoService;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
@@ -66,6 +71,7 @@ fn main() {
         "ratio"
     );
     let mut worst = f64::MAX;
+    let mut results = std::collections::HashMap::new();
     let (mut stalls, mut floor_stalls) = (0, 0);
     for &size in &SIZES {
         for &conns in &CONNECTIONS {
@@ -77,6 +83,7 @@ fn main() {
                 enoki = enoki.best(load(enoki_port, size, conns, run));
             }
             let ratio = enoki.rate / floor.rate;
+            results.insert((size, conns), (floor.rate, enoki.rate));
             worst = worst.min(ratio);
             stalls += enoki.stalls;
             floor_stalls += floor.stalls;
@@ -114,6 +121,153 @@ fn main() {
         STALL.as_millis()
     );
     container.stop();
+
+    let mut summary = Vec::new();
+    // The HTTP echo cells (16 connections) with Python Nameko's, then HTTP -> RPC.
+    let nameko_port = free_port();
+    let py_name = format!("bench_py_http_{}", floor::new_id().replace('-', ""));
+    let uri_text = std::env::var("ENOKI_BENCH_AMQP_URI")
+        .unwrap_or_else(|_| "amqp://guest:guest@localhost:5672/enoki_test".into());
+    let (uri, uri_text) = floor::reachable_vhost(&uri_text);
+    // Two Nameko services: the HTTP one calls the other's echo (a service calling itself
+    // could run out of workers: every worker in an HTTP handler waiting for an RPC worker).
+    let py_echo = format!("{py_name}_echo");
+    let py = nameko::python().map(|python| {
+        (
+            NamekoService::start(
+                &python,
+                &[("AMQP_URI", uri_text.as_str()), ("SERVICE_NAME", &py_echo)],
+            ),
+            NamekoService::start(
+                &python,
+                &[
+                    ("AMQP_URI", uri_text.as_str()),
+                    ("SERVICE_NAME", &py_name),
+                    ("TARGET_SERVICE", &py_echo),
+                    ("WEB_SERVER_ADDRESS", &format!("127.0.0.1:{nameko_port}")),
+                ],
+            ),
+        )
+    });
+    for &size in &SIZES {
+        let nameko = py.as_ref().map(|_| load(nameko_port, size, 16, run).rate);
+        summary.push((
+            format!("HTTP POST /echo {}, 16 conns", human(size)),
+            results[&(size, 16)],
+            nameko,
+        ));
+    }
+
+    // HTTP -> RPC: a GET whose handler makes one RPC call to an echo service in the same
+    // process. The floor is bare tiny_http calling a raw amiquip pool server through a raw
+    // shared client; enoki is an http route calling its own rpc echo through RpcProxy.
+    let rpc_floor =
+        floor::FloorServer::start(&uri, &format!("bench_floor_http_{}", py_name), WORKERS);
+    let rpc_name = format!("bench_http_rpc_{}", floor::new_id().replace('-', ""));
+    let rpc_port = free_port();
+    let rpc_echo = format!("{rpc_name}_echo");
+    let rpc_config = Config::new()
+        .amqp_uri(&uri_text)
+        .max_workers(WORKERS)
+        .web_server_address(format!("127.0.0.1:{rpc_port}"));
+    let mut echo_container = Container::new(
+        Service::new(&rpc_echo).rpc("echo", |_ctx, (v,): (String,)| Ok(v)),
+        rpc_config.clone(),
+    );
+    echo_container
+        .start()
+        .expect("the enoki echo service starts");
+    let mut rpc_container = Container::new(
+        Service::new(&rpc_name)
+            .dependency("echo", RpcProxy::new(&rpc_echo))
+            .http("GET", "/rpc/<value>", |ctx, req: &Request| {
+                let value = req.param::<String>("value")?;
+                ctx.dependency::<RpcProxy>("echo")?
+                    .call::<String>("echo", (value,))
+            }),
+        rpc_config,
+    );
+    rpc_container.start().expect("enoki serves HTTP -> RPC");
+    let request = b"GET /rpc/hello HTTP/1.1\r\nHost: bench\r\n\r\n".to_vec();
+    let _cleanup = floor::Cleanup {
+        uri: uri.clone(),
+        queues: vec![
+            format!("rpc-{rpc_echo}"),
+            format!("rpc-{py_name}"),
+            format!("rpc-{py_echo}"),
+            format!("rpc-{}", rpc_floor.service),
+        ],
+    };
+    let (one, sixteen) = floor::with_shared_client(&uri, &rpc_floor.service, WORKERS, |client| {
+        let floor_port = free_port();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let server = tiny_http::Server::http(("127.0.0.1", floor_port)).expect("tiny_http");
+        std::thread::scope(|scope| {
+            for _ in 0..WORKERS {
+                let (server, stop) = (&server, &stop);
+                scope.spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(50)) {
+                            client.call();
+                            let _ = request.respond(tiny_http::Response::from_data(&b"hello"[..]));
+                        }
+                    }
+                });
+            }
+            let mut cells = [[Stats::default(); 2]; 2];
+            for _ in 0..3 {
+                for (i, &conns) in CONNECTIONS.iter().enumerate() {
+                    cells[i][0] =
+                        cells[i][0].best(load_request(floor_port, request.clone(), 5, conns, run));
+                    cells[i][1] =
+                        cells[i][1].best(load_request(rpc_port, request.clone(), 5, conns, run));
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            (cells[0], cells[1])
+        })
+    });
+    let nameko_rpc = py.as_ref().map(|_| {
+        [
+            load_request(nameko_port, request.clone(), 5, 1, run),
+            load_request(nameko_port, request.clone(), 5, 16, run),
+        ]
+    });
+    rpc_container.stop();
+    echo_container.stop();
+    rpc_floor.stop();
+    drop(py);
+    println!(
+        "\nHTTP -> RPC (GET /rpc/hello, one RPC call per request): 1 connection p50 floor {:.0} µs, \
+         enoki {:.0} µs; 16 connections floor {:.0} r/s, enoki {:.0} r/s",
+        one[0].p50, one[1].p50, sixteen[0].rate, sixteen[1].rate
+    );
+    for (workload, (floor, enoki), nameko) in summary {
+        nameko::summary(
+            &workload,
+            "req/s",
+            Some(floor),
+            enoki,
+            nameko,
+            "≥ 0.9× floor, ≥ 10× nameko",
+        );
+    }
+    nameko::summary(
+        "HTTP -> RPC p50, 1 conn",
+        "µs",
+        Some(one[0].p50),
+        one[1].p50,
+        nameko_rpc.map(|n| n[0].p50),
+        "-",
+    );
+    nameko::summary(
+        "HTTP -> RPC, 16 conns",
+        "req/s",
+        Some(sixteen[0].rate),
+        sixteen[1].rate,
+        nameko_rpc.map(|n| n[1].rate),
+        "-",
+    );
 }
 
 const BURST: usize = 32;
@@ -230,6 +384,12 @@ fn load(port: u16, size: usize, conns: usize, run: Duration) -> Stats {
     )
     .into_bytes();
     request.extend_from_slice(&body);
+    load_request(port, request, size, conns, run)
+}
+
+/// `conns` keep-alive connections sending `request` for `run`; each response body must be
+/// `size` bytes.
+fn load_request(port: u16, request: Vec<u8>, size: usize, conns: usize, run: Duration) -> Stats {
     let request = Arc::new(request);
     // Opened and warmed up one at a time.
     let clients: Vec<Client> = (0..conns)

@@ -21,83 +21,98 @@
 //! publishing channel, which send the acks back to the consuming thread (enoki's shape). Floor
 //! clients: `direct` consumes the reply queue on the calling thread (serial only), `shared` has
 //! a listener thread waking callers by correlation id and a pool of publishing channels
-//! (enoki's shape, needed for 32 in flight). The serial floor is the raw minimum (inline server,
-//! direct client); the 32-in-flight floor is whichever server shape serves more calls per second.
-//! Two mixed rows (enoki client against the floor server, floor client against the enoki
+//! (enoki's shape, needed for calls in flight). The serial floor is the raw minimum (inline
+//! server, direct client); each in-flight floor is whichever server shape serves more calls per
+//! second. Two mixed rows (enoki client against the floor server, floor client against the enoki
 //! server) show whether enoki's overhead sits in its client or its service.
 //!
+//! Two hops (client -> A -> B): the floor is an inline server that makes one raw serial call
+//! (a direct client) to the inline floor server before replying; enoki is a service whose rpc
+//! calls the enoki echo service through `RpcProxy`.
+//!
+//! With `ENOKI_BENCH_PYTHON` set to a Python with Nameko 2.14.1 (`scripts/bench --with-nameko`),
+//! `bench/nameko_bench.py` runs an echo service and a relaying one, driven by the floor's shared
+//! client: the same load generator, in the same run.
+//!
 //! Each round runs the serial clients interleaved in blocks of 50 calls (floor, enoki, mixed,
-//! rotating), so the drift of a noisy machine falls on all of them alike, then 32 threads in
-//! flight against the floor, then against enoki. Rounds repeat (`ENOKI_BENCH_ROUNDS`, default
-//! 2), and every reported number is the best of the rounds for that statistic (lowest
-//! percentile, highest throughput), for floor and enoki alike.
+//! two hops, Nameko, rotating), so the drift of a noisy machine falls on all of them alike, then
+//! 1, 8, 32 and 128 threads in flight against each server. Rounds repeat (`ENOKI_BENCH_ROUNDS`,
+//! default 2), and every reported number is the best of the rounds for that statistic (lowest
+//! percentile, highest throughput), for floor and enoki alike. `BENCH` lines at the end are the
+//! summary `scripts/bench` gathers.
 //!
 //! A serial p50 of 20 ms or more means the 40 ms Nagle floor is back: the bench then fails. (With
-//! 32 in flight the p50 is mostly queueing, 32 over the throughput, so it is not checked.)
+//! calls in flight the p50 is mostly queueing, n over the throughput, so it is not checked.)
 
-use amiquip::{
-    AmqpProperties, AmqpValue, Auth, Channel, Confirm, Connection, ConnectionOptions,
-    ConnectionTuning, Consumer, ConsumerMessage, ConsumerOptions, Delivery, ExchangeDeclareOptions,
-    ExchangeType, FieldTable, Publish, QueueDeclareOptions, QueueDeleteOptions, Return,
+use enoki::{ClusterRpcProxy, Config, Container, RpcProxy, Service};
+#[path = "support/floor.rs"]
+mod floor;
+#[path = "support/nameko.rs"]
+mod nameko;
+use floor::{
+    Cleanup, FloorServer, TIMEOUT, WORKERS, reachable_vhost, with_direct_client,
+    with_shared_client, with_shared_client_of,
 };
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, select};
-use enoki::{AmqpUri, ClusterRpcProxy, Config, Container, Service};
-use parking_lot::Mutex;
+use nameko::NamekoService;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::net::TcpStream;
 use std::process::ExitCode;
 use std::sync::Barrier;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const DEFAULT_URI: &str = "amqp://guest:guest@localhost:5672/enoki_test";
-const EXCHANGE: &str = "nameko-rpc";
-/// enoki's default pool size and prefetch, used by the pool floor and the enoki container.
-const WORKERS: usize = 10;
-const PREFETCH: u16 = 10;
-const IN_FLIGHT: usize = 32;
 const WARMUP: usize = 200;
 const DEFAULT_CALLS: usize = 2000;
 const DEFAULT_ROUNDS: usize = 2;
 /// Serial calls are interleaved between floor and enoki in blocks of this many calls.
 const BLOCK: usize = 50;
-/// Nameko's reply queue expiry, sent as kombu does: a signed 32-bit integer.
-const REPLY_QUEUE_TTL_MS: i32 = 300_000;
-const HEARTBEAT: u16 = 60;
-/// Longest wait for any one confirm or reply before the bench gives up.
-const TIMEOUT: Duration = Duration::from_secs(30);
 /// A p50 at or above this means Nagle's algorithm and delayed ACKs are back (about 44 ms).
 const NAGLE_P50: Duration = Duration::from_millis(20);
-const REQUEST_BODY: &[u8] = br#"{"args": ["hello"], "kwargs": {}}"#;
-const REPLY_BODY: &[u8] = br#"{"result": "hello", "error": null}"#;
 
 fn main() -> ExitCode {
     // enoki's and amiquip's warnings and errors (ENOKI_LOG sets the level) go to stderr.
     enoki::logger::init();
     let calls = env_usize("ENOKI_BENCH_CALLS", DEFAULT_CALLS);
     let rounds = env_usize("ENOKI_BENCH_ROUNDS", DEFAULT_ROUNDS);
-    let per_thread = (calls / 4).max(1);
     let uri_text = std::env::var("ENOKI_BENCH_AMQP_URI").unwrap_or_else(|_| DEFAULT_URI.into());
     let (uri, uri_text) = reachable_vhost(&uri_text);
+    let python = nameko::python();
     println!(
-        "rpc bench: broker {uri}, {rounds} rounds, serial {calls} calls, \
-         in flight {IN_FLIGHT} threads x {per_thread} calls, warm-up {WARMUP} calls"
+        "rpc bench: broker {uri}, {rounds} rounds, serial {calls} calls, in flight \
+         {IN_FLIGHT_LEVELS:?} threads sharing about {calls} calls, warm-up {WARMUP} calls{}",
+        if python.is_some() {
+            ", with Python Nameko"
+        } else {
+            ""
+        }
     );
 
     let id = uuid::Uuid::new_v4().simple().to_string();
     let echo = format!("bench_echo_{id}");
+    let relay = format!("bench_relay_{id}");
     let inline_service = format!("bench_floor_inline_{id}");
     let pool_service = format!("bench_floor_pool_{id}");
+    let relay_service = format!("bench_floor_relay_{id}");
+    let py_echo = format!("bench_py_echo_{id}");
+    let py_relay = format!("bench_py_relay_{id}");
     // Deletes the durable queues even if the bench panics; reply queues also expire.
     let mut cleanup = Cleanup {
         uri: uri.clone(),
-        queues: [&echo, &inline_service, &pool_service]
-            .map(|s| format!("rpc-{s}"))
-            .to_vec(),
+        queues: [
+            &echo,
+            &relay,
+            &inline_service,
+            &pool_service,
+            &relay_service,
+            &py_echo,
+            &py_relay,
+        ]
+        .map(|s| format!("rpc-{s}"))
+        .to_vec(),
     };
     let inline = FloorServer::start(&uri, &inline_service, 0);
     let pool = FloorServer::start(&uri, &pool_service, WORKERS);
+    let floor_relay = FloorServer::relaying(&uri, &relay_service, 0, Some(&inline_service));
     let config = Config::new().amqp_uri(&uri_text).max_workers(WORKERS);
     let mut container = Container::new(
         Service::new(&echo).rpc("echo", |_ctx, (v,): (Value,)| Ok(v)),
@@ -106,56 +121,115 @@ fn main() -> ExitCode {
     container
         .start()
         .expect("cannot start the enoki echo service");
+    let mut relay_container = Container::new(
+        Service::new(&relay)
+            .dependency("echo", RpcProxy::new(&echo))
+            .rpc("relay", |ctx, (v,): (Value,)| {
+                ctx.dependency::<RpcProxy>("echo")?
+                    .call::<Value>("echo", (v,))
+            }),
+        config.clone(),
+    );
+    relay_container
+        .start()
+        .expect("cannot start the enoki relay service");
     let cluster = ClusterRpcProxy::new(&config)
         .expect("cannot start the enoki ClusterRpcProxy")
         .timeout(TIMEOUT);
     cleanup.queues.push(cluster.reply_queue().to_owned());
+    let py_services = python.as_deref().map(|python| {
+        let amqp = uri_text.as_str();
+        (
+            NamekoService::start(python, &[("AMQP_URI", amqp), ("SERVICE_NAME", &py_echo)]),
+            NamekoService::start(
+                python,
+                &[
+                    ("AMQP_URI", amqp),
+                    ("SERVICE_NAME", &py_relay),
+                    ("TARGET_SERVICE", &py_echo),
+                ],
+            ),
+        )
+    });
 
     let mut results: HashMap<&'static str, Vec<Sample>> = HashMap::new();
+    let mut record = |name: &'static str, sample: Sample| {
+        let stats = Stats::of(&sample);
+        eprintln!(
+            "  {name:<50} p50 {:>6} µs  {:>6.0} calls/s",
+            micros(stats.p50),
+            stats.throughput
+        );
+        results.entry(name).or_default().push(sample);
+    };
     for round in 1..=rounds {
         eprintln!("round {round}/{rounds}: serial, floor and enoki interleaved");
-        let mut record = |name, sample: Sample| {
-            let stats = Stats::of(&sample);
-            eprintln!(
-                "  {name:<50} p50 {:>6} µs  {:>6.0} calls/s",
-                micros(stats.p50),
-                stats.throughput
-            );
-            results.entry(name).or_default().push(sample);
-        };
         let serial = with_direct_client(&uri, &inline.service, |direct| {
-            with_shared_client(&uri, &pool.service, 1, |shared| {
-                with_shared_client(&uri, &echo, 1, |to_enoki| {
-                    measure_interleaved(
-                        calls,
-                        &mut [
-                            direct,
-                            &mut || shared.call(),
-                            &mut || enoki_call(&cluster, &echo),
-                            &mut || enoki_call(&cluster, &pool.service),
-                            &mut || to_enoki.call(),
-                        ],
-                    )
+            with_direct_client(&uri, &floor_relay.service, |relayed| {
+                with_shared_client(&uri, &pool.service, 1, |shared| {
+                    with_shared_client(&uri, &echo, 1, |to_enoki| {
+                        let mut clients: Vec<&mut dyn FnMut()> = Vec::new();
+                        let (mut enoki_echo, mut enoki_floor, mut enoki_relay) = (
+                            || enoki_call(&cluster, &echo, "echo"),
+                            || enoki_call(&cluster, &pool.service, "echo"),
+                            || enoki_call(&cluster, &relay, "relay"),
+                        );
+                        let mut shared_call = || shared.call();
+                        let mut to_enoki_call = || to_enoki.call();
+                        clients.push(direct);
+                        clients.push(&mut shared_call);
+                        clients.push(&mut enoki_echo);
+                        clients.push(&mut enoki_floor);
+                        clients.push(&mut to_enoki_call);
+                        clients.push(relayed);
+                        clients.push(&mut enoki_relay);
+                        match &py_services {
+                            Some(_) => with_shared_client(&uri, &py_echo, 1, |py| {
+                                with_shared_client_of(&uri, &py_relay, "relay", 1, |py_chain| {
+                                    let mut py_call = || py.call();
+                                    let mut py_chain_call = || py_chain.call();
+                                    let mut all: Vec<&mut dyn FnMut()> =
+                                        clients.drain(..).map(|c| c as &mut dyn FnMut()).collect();
+                                    all.push(&mut py_call);
+                                    all.push(&mut py_chain_call);
+                                    measure_interleaved(calls, &mut all)
+                                })
+                            }),
+                            None => measure_interleaved(calls, &mut clients),
+                        }
+                    })
                 })
             })
         });
-        for (name, sample) in SERIAL.into_iter().zip(serial) {
+        for (name, sample) in SERIAL.into_iter().chain(NAMEKO_SERIAL).zip(serial) {
             record(name, sample);
         }
-        eprintln!("round {round}/{rounds}: {IN_FLIGHT} in flight, floor");
-        for (name, server) in [(FLOOR_FLIGHT_INLINE, &inline), (FLOOR_FLIGHT_POOL, &pool)] {
-            let sample = with_shared_client(&uri, &server.service, IN_FLIGHT, |client| {
-                measure_threads(IN_FLIGHT, per_thread, || client.call())
-            });
-            record(name, sample);
+        for threads in IN_FLIGHT_LEVELS {
+            let per_thread = (calls / threads).max(10);
+            eprintln!("round {round}/{rounds}: {threads} in flight");
+            for (kind, server) in [("inline", &inline), ("pool", &pool)] {
+                let sample = with_shared_client(&uri, &server.service, threads, |client| {
+                    measure_threads(threads, per_thread, || client.call())
+                });
+                record(flight_row("floor", kind, threads), sample);
+            }
+            let sample =
+                measure_threads(threads, per_thread, || enoki_call(&cluster, &echo, "echo"));
+            record(flight_row("enoki", "", threads), sample);
+            if py_services.is_some() {
+                let sample = with_shared_client(&uri, &py_echo, threads, |client| {
+                    measure_threads(threads, per_thread, || client.call())
+                });
+                record(flight_row("nameko", "", threads), sample);
+            }
         }
-        eprintln!("round {round}/{rounds}: {IN_FLIGHT} in flight, enoki");
-        let sample = measure_threads(IN_FLIGHT, per_thread, || enoki_call(&cluster, &echo));
-        record(ENOKI_FLIGHT, sample);
     }
 
+    drop(py_services);
     cluster.close();
+    relay_container.stop();
     container.stop();
+    floor_relay.stop();
     inline.stop();
     pool.stop();
     drop(cleanup);
@@ -167,51 +241,61 @@ fn main() -> ExitCode {
     report(&best)
 }
 
+/// How many calls the in-flight rows keep outstanding (one thread each).
+const IN_FLIGHT_LEVELS: [usize; 4] = [1, 8, 32, 128];
+
+/// The row name of an in-flight measurement (leaked: a handful per run).
+fn flight_row(who: &str, kind: &str, threads: usize) -> &'static str {
+    let name = match kind {
+        "" => format!("{who} {threads} in flight"),
+        kind => format!("{who} {threads} in flight, {kind} server, shared client"),
+    };
+    Box::leak(name.into_boxed_str())
+}
+
 // Rows of the results, by what was measured.
 const FLOOR_SERIAL_INLINE: &str = "floor serial, inline server, direct client";
 const FLOOR_SERIAL_POOL: &str = "floor serial, pool server, shared client";
-const FLOOR_FLIGHT_INLINE: &str = "floor 32 in flight, inline server, shared client";
-const FLOOR_FLIGHT_POOL: &str = "floor 32 in flight, pool server, shared client";
+const FLOOR_CHAIN: &str = "floor serial, client -> A -> B, inline servers";
 const ENOKI_SERIAL: &str = "enoki serial";
-const ENOKI_FLIGHT: &str = "enoki 32 in flight";
+const ENOKI_CHAIN: &str = "enoki serial, client -> A -> B (RpcProxy)";
 const MIXED_ENOKI_CLIENT: &str = "mixed serial, enoki client, floor pool server";
 const MIXED_ENOKI_SERVER: &str = "mixed serial, floor shared client, enoki server";
+const NAMEKO_SERIAL_ROW: &str = "nameko serial (floor shared client)";
+const NAMEKO_CHAIN: &str = "nameko serial, client -> A -> B (RpcProxy)";
 /// The serial clients, in the order `main` interleaves them.
-const SERIAL: [&str; 5] = [
+const SERIAL: [&str; 7] = [
     FLOOR_SERIAL_INLINE,
     FLOOR_SERIAL_POOL,
     ENOKI_SERIAL,
     MIXED_ENOKI_CLIENT,
     MIXED_ENOKI_SERVER,
+    FLOOR_CHAIN,
+    ENOKI_CHAIN,
 ];
+/// The serial clients added with Python Nameko, after [`SERIAL`].
+const NAMEKO_SERIAL: [&str; 2] = [NAMEKO_SERIAL_ROW, NAMEKO_CHAIN];
 
 fn report(best: &HashMap<&str, Stats>) -> ExitCode {
-    let row = |name: &str| &best[name];
+    let row = |name: &str| best.get(name).copied();
+    let mut names: Vec<&str> = best.keys().copied().collect();
+    names.sort();
     println!();
     println!(
         "every measurement, best of rounds (latency in µs; CPU: the whole bench process, \
          clients and servers, per call)"
     );
     println!(
-        "{:<50} {:>8} {:>8} {:>8} {:>10} {:>11}",
+        "{:<55} {:>8} {:>8} {:>8} {:>10} {:>11}",
         "", "p50", "p90", "p99", "calls/s", "CPU µs/call"
     );
-    for name in [
-        FLOOR_SERIAL_INLINE,
-        FLOOR_SERIAL_POOL,
-        FLOOR_FLIGHT_INLINE,
-        FLOOR_FLIGHT_POOL,
-        ENOKI_SERIAL,
-        ENOKI_FLIGHT,
-        MIXED_ENOKI_CLIENT,
-        MIXED_ENOKI_SERVER,
-    ] {
-        let s = row(name);
+    for name in &names {
+        let s = best[name];
         let cpu = s
             .cpu_per_call
             .map_or_else(|| "n/a".to_owned(), |d| micros(d).to_string());
         println!(
-            "{name:<50} {:>8} {:>8} {:>8} {:>10.0} {cpu:>11}",
+            "{name:<55} {:>8} {:>8} {:>8} {:>10.0} {cpu:>11}",
             micros(s.p50),
             micros(s.p90),
             micros(s.p99),
@@ -222,55 +306,62 @@ fn report(best: &HashMap<&str, Stats>) -> ExitCode {
     // The serial floor is the raw minimum; under load, whichever floor shape serves more. The
     // "same shape" row compares enoki with the floor built as enoki is (worker pool, shared
     // reply queue), which isolates what enoki adds from what its architecture costs.
-    let serial_floor = FLOOR_SERIAL_INLINE;
-    let flight_floor = if row(FLOOR_FLIGHT_POOL).throughput >= row(FLOOR_FLIGHT_INLINE).throughput {
-        FLOOR_FLIGHT_POOL
-    } else {
-        FLOOR_FLIGHT_INLINE
-    };
     println!();
-    println!(
-        "{:<18} | {:>23} | {:>23} | {:>9}",
-        "latency (µs)", "floor p50/p90/p99", "enoki p50/p90/p99", "ratio p50"
+    let p50 = |s: Option<Stats>| s.map(|s| s.p50.as_secs_f64() * 1e6);
+    let rate = |s: Option<Stats>| s.map(|s| s.throughput);
+    let serial = row(ENOKI_SERIAL).expect("enoki serial was measured");
+    let chain = row(ENOKI_CHAIN).expect("the enoki chain was measured");
+    nameko::summary(
+        "RPC serial p50",
+        "µs",
+        p50(row(FLOOR_SERIAL_INLINE)),
+        serial.p50.as_secs_f64() * 1e6,
+        p50(row(NAMEKO_SERIAL_ROW)),
+        "≤ 1.10× floor",
     );
-    let workloads = [
-        ("serial", serial_floor, ENOKI_SERIAL),
-        ("serial, same shape", FLOOR_SERIAL_POOL, ENOKI_SERIAL),
-        ("32 in flight", flight_floor, ENOKI_FLIGHT),
-    ];
-    for (workload, floor, enoki) in workloads {
-        let (f, e) = (row(floor), row(enoki));
-        println!(
-            "{workload:<18} | {:>23} | {:>23} | {:>9.3}",
-            format!("{}/{}/{}", micros(f.p50), micros(f.p90), micros(f.p99)),
-            format!("{}/{}/{}", micros(e.p50), micros(e.p90), micros(e.p99)),
-            e.p50.as_secs_f64() / f.p50.as_secs_f64()
+    nameko::summary(
+        "RPC serial p50, same-shape floor",
+        "µs",
+        p50(row(FLOOR_SERIAL_POOL)),
+        serial.p50.as_secs_f64() * 1e6,
+        None,
+        "-",
+    );
+    nameko::summary(
+        "RPC client -> A -> B p50",
+        "µs",
+        p50(row(FLOOR_CHAIN)),
+        chain.p50.as_secs_f64() * 1e6,
+        p50(row(NAMEKO_CHAIN)),
+        "-",
+    );
+    for threads in IN_FLIGHT_LEVELS {
+        let floor = [
+            row(flight_row("floor", "inline", threads)),
+            row(flight_row("floor", "pool", threads)),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|s| s.throughput)
+        .reduce(f64::max);
+        let enoki = row(flight_row("enoki", "", threads)).expect("enoki in flight was measured");
+        nameko::summary(
+            &format!("RPC {threads} in flight"),
+            "calls/s",
+            floor,
+            enoki.throughput,
+            rate(row(flight_row("nameko", "", threads))),
+            if threads >= 32 {
+                "≥ 0.8× floor, ≥ 6× nameko"
+            } else {
+                "-"
+            },
         );
     }
-    println!();
-    println!(
-        "{:<18} | {:>13} | {:>13} | {:>9}",
-        "throughput", "floor calls/s", "enoki calls/s", "ratio"
-    );
-    for (workload, floor, enoki) in workloads {
-        let (f, e) = (row(floor), row(enoki));
-        println!(
-            "{workload:<18} | {:>13.0} | {:>13.0} | {:>9.3}",
-            f.throughput,
-            e.throughput,
-            e.throughput / f.throughput
-        );
-    }
-    println!();
-    println!("floor for serial: {serial_floor}");
-    println!("floor for serial, same shape: {FLOOR_SERIAL_POOL}");
-    println!("floor for 32 in flight (the higher throughput): {flight_floor}");
 
-    // Serial calls only: with 32 in flight the p50 is mostly queueing (Little's law: 32 calls
-    // over the throughput), so it can pass 20 ms on a slow broker without any Nagle stall.
     let slow: Vec<&str> = SERIAL
         .into_iter()
-        .filter(|name| row(name).p50 >= NAGLE_P50)
+        .filter(|name| row(name).is_some_and(|s| s.p50 >= NAGLE_P50))
         .collect();
     if slow.is_empty() {
         println!(
@@ -458,580 +549,9 @@ fn measure_threads(threads: usize, per_thread: usize, call: impl Fn() + Sync) ->
 // ---------------------------------------------------------------------------------------------
 // enoki
 
-fn enoki_call(cluster: &ClusterRpcProxy, service: &str) {
+fn enoki_call(cluster: &ClusterRpcProxy, service: &str, method: &str) {
     let reply: Value = cluster
-        .call(service, "echo", ("hello",))
+        .call(service, method, ("hello",))
         .expect("enoki echo call failed");
     assert_eq!(reply, "hello");
-}
-
-// ---------------------------------------------------------------------------------------------
-// Broker plumbing shared by the floor
-
-/// Parses the URI and checks its vhost is reachable; falls back to `/` if it is not.
-fn reachable_vhost(text: &str) -> (AmqpUri, String) {
-    let mut uri = AmqpUri::parse(text).expect("ENOKI_BENCH_AMQP_URI is not a valid AMQP URI");
-    match try_connect(&uri, 0) {
-        Ok(connection) => {
-            let _ = connection.close();
-            (uri, text.to_owned())
-        }
-        Err(e) if uri.vhost != "/" => {
-            eprintln!(
-                "cannot open vhost {:?} ({e}); falling back to `/`",
-                uri.vhost
-            );
-            uri.vhost = "/".to_owned();
-            let connection = connect(&uri, 0);
-            let _ = connection.close();
-            let text = format!(
-                "amqp://{}:{}@{}/%2F",
-                percent_encode(&uri.username),
-                percent_encode(&uri.password),
-                uri.addr()
-            );
-            (uri, text)
-        }
-        Err(e) => panic!("cannot connect to {uri}: {e}"),
-    }
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// Opens an AMQP connection on a socket with `TCP_NODELAY`, as enoki does.
-fn try_connect(uri: &AmqpUri, heartbeat: u16) -> Result<Connection, Box<dyn std::error::Error>> {
-    let stream = TcpStream::connect(uri.addr())?;
-    stream.set_nodelay(true)?;
-    let stream = mio::net::TcpStream::from_stream(stream)?;
-    let options = ConnectionOptions::default()
-        .auth(Auth::Plain {
-            username: uri.username.clone(),
-            password: uri.password.clone(),
-        })
-        .virtual_host(uri.vhost.clone())
-        .heartbeat(heartbeat);
-    Ok(Connection::insecure_open_stream(
-        stream,
-        options,
-        ConnectionTuning::default(),
-    )?)
-}
-
-fn connect(uri: &AmqpUri, heartbeat: u16) -> Connection {
-    try_connect(uri, heartbeat).unwrap_or_else(|e| panic!("cannot connect to {uri}: {e}"))
-}
-
-fn open_channel(connection: &mut Connection) -> Channel {
-    connection
-        .open_channel(None)
-        .expect("cannot open an AMQP channel")
-}
-
-/// Declares `nameko-rpc` with Nameko's flags, and a durable queue bound to it by `key`.
-fn declare_bound_queue(channel: &Channel, queue: &str, key: &str, expires: bool) {
-    channel
-        .exchange_declare(
-            ExchangeType::Topic,
-            EXCHANGE,
-            ExchangeDeclareOptions {
-                durable: true,
-                auto_delete: false,
-                internal: false,
-                arguments: FieldTable::default(),
-            },
-        )
-        .expect("cannot declare the nameko-rpc exchange");
-    let mut arguments = FieldTable::default();
-    if expires {
-        arguments.insert("x-expires".into(), AmqpValue::LongInt(REPLY_QUEUE_TTL_MS));
-    }
-    channel
-        .queue_declare(
-            queue,
-            QueueDeclareOptions {
-                durable: true,
-                exclusive: false,
-                auto_delete: false,
-                arguments,
-            },
-        )
-        .expect("cannot declare a bench queue");
-    channel
-        .queue_bind(queue, EXCHANGE, key, FieldTable::default())
-        .expect("cannot bind a bench queue");
-}
-
-/// Cancels `consumer` and waits until amiquip has handed it its `ClientCancelled`.
-///
-/// amiquip's I/O thread unblocks `cancel()` before it sends `ClientCancelled` to the consumer;
-/// a consumer dropped in between makes that send fail, and the I/O thread then gives up the
-/// whole connection ("channel client dropped without being disconnected").
-fn cancel(consumer: Consumer<'_>) {
-    consumer.cancel().expect("cannot cancel a consumer");
-    loop {
-        match consumer.receiver().recv_timeout(TIMEOUT) {
-            Ok(ConsumerMessage::ClientCancelled) => return,
-            // Unacked, it goes back to the queue when the channel closes.
-            Ok(ConsumerMessage::Delivery(_)) => {}
-            other => panic!("cannot cancel a consumer: {other:?}"),
-        }
-    }
-}
-
-fn consumer_options() -> ConsumerOptions {
-    ConsumerOptions {
-        no_local: false,
-        no_ack: false,
-        exclusive: false,
-        arguments: FieldTable::default(),
-    }
-}
-
-/// Reply queues are consumed with automatic acks, as enoki's client consumes them: an ack
-/// protects nothing there (a caller that dies loses its reply either way).
-fn reply_consumer_options() -> ConsumerOptions {
-    ConsumerOptions {
-        no_ack: true,
-        ..consumer_options()
-    }
-}
-
-/// Deletes its queues when dropped, also while unwinding from a panic.
-struct Cleanup {
-    uri: AmqpUri,
-    queues: Vec<String>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let mut connection = match try_connect(&self.uri, 0) {
-            Ok(c) => c,
-            Err(e) => return eprintln!("cannot delete the bench queues {:?}: {e}", self.queues),
-        };
-        // A delete of a missing queue closes the channel: one channel per queue.
-        for queue in &self.queues {
-            let deleted = connection.open_channel(None).and_then(|channel| {
-                channel.queue_delete(queue.as_str(), QueueDeleteOptions::default())?;
-                channel.close()
-            });
-            if let Err(e) = deleted {
-                eprintln!("cannot delete queue {queue}: {e}");
-            }
-        }
-        let _ = connection.close();
-    }
-}
-
-/// A channel in confirm mode that publishes one message at a time and waits for its confirm.
-struct ConfirmedPublisher {
-    channel: Channel,
-    confirms: Receiver<Confirm>,
-    returns: Receiver<Return>,
-    seq: u64,
-}
-
-impl ConfirmedPublisher {
-    fn open(connection: &mut Connection) -> ConfirmedPublisher {
-        let channel = open_channel(connection);
-        let returns = channel
-            .listen_for_returns()
-            .expect("cannot listen for returns");
-        let confirms = channel
-            .listen_for_publisher_confirms()
-            .expect("cannot listen for confirms");
-        channel
-            .enable_publisher_confirms()
-            .expect("cannot enable publisher confirms");
-        ConfirmedPublisher {
-            channel,
-            confirms,
-            returns,
-            seq: 0,
-        }
-    }
-
-    /// Publishes persistent to `nameko-rpc` and waits for the confirm; panics if the broker
-    /// nacks or returns it.
-    fn publish(
-        &mut self,
-        routing_key: &str,
-        properties: AmqpProperties,
-        body: &[u8],
-        mandatory: bool,
-    ) {
-        self.channel
-            .basic_publish(
-                EXCHANGE,
-                Publish {
-                    body,
-                    routing_key: routing_key.to_owned(),
-                    mandatory,
-                    immediate: false,
-                    properties: properties.with_delivery_mode(2).with_priority(0),
-                },
-            )
-            .expect("publish failed");
-        self.seq += 1;
-        loop {
-            match self.confirms.recv_timeout(TIMEOUT) {
-                Ok(Confirm::Ack(p))
-                    if p.delivery_tag == self.seq || (p.multiple && p.delivery_tag > self.seq) =>
-                {
-                    break;
-                }
-                Ok(Confirm::Nack(p)) if p.delivery_tag >= self.seq => {
-                    panic!("the broker nacked a publish")
-                }
-                Ok(_) => continue,
-                Err(e) => panic!("no publisher confirm: {e}"),
-            }
-        }
-        assert!(
-            self.returns.try_recv().is_err(),
-            "the broker returned a publish to {routing_key}: nothing is bound"
-        );
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Floor server
-
-/// A raw echo server on its own queue, consuming on one connection, publishing on another.
-struct FloorServer {
-    service: String,
-    stop: Sender<()>,
-    thread: JoinHandle<()>,
-}
-
-/// A request as handed to a pool worker.
-struct Job {
-    tag: u64,
-    reply_to: String,
-    properties: AmqpProperties,
-}
-
-impl FloorServer {
-    /// Starts serving `service` inline (`workers == 0`) or on a pool of `workers` threads;
-    /// returns once the queue is consumed.
-    fn start(uri: &AmqpUri, service: &str, workers: usize) -> FloorServer {
-        let (stop, stop_rx) = crossbeam_channel::bounded(1);
-        let (ready, ready_rx) = crossbeam_channel::bounded(1);
-        let (uri, name) = (uri.clone(), service.to_owned());
-        let thread = std::thread::Builder::new()
-            .name(format!("floor-{service}"))
-            .spawn(move || serve(&uri, &name, workers, &ready, &stop_rx))
-            .expect("cannot spawn the floor server");
-        ready_rx
-            .recv_timeout(TIMEOUT)
-            .expect("the floor server did not start");
-        FloorServer {
-            service: service.to_owned(),
-            stop,
-            thread,
-        }
-    }
-
-    fn stop(self) {
-        let _ = self.stop.send(());
-        self.thread.join().expect("the floor server panicked");
-    }
-}
-
-/// The reply to a request: the request's correlation id and content type, persistent.
-fn reply_properties(request: &AmqpProperties) -> AmqpProperties {
-    let mut properties = AmqpProperties::default()
-        .with_content_encoding("utf-8".to_owned())
-        .with_headers(FieldTable::default());
-    if let Some(v) = request.content_type() {
-        properties = properties.with_content_type(v.clone());
-    }
-    if let Some(v) = request.correlation_id() {
-        properties = properties.with_correlation_id(v.clone());
-    }
-    properties
-}
-
-fn serve(uri: &AmqpUri, service: &str, workers: usize, ready: &Sender<()>, stop: &Receiver<()>) {
-    let queue = format!("rpc-{service}");
-    let mut consuming = connect(uri, HEARTBEAT);
-    let mut publishing = connect(uri, 0);
-    let channel = open_channel(&mut consuming);
-    declare_bound_queue(&channel, &queue, &format!("{service}.*"), false);
-    channel
-        .qos(0, PREFETCH, false)
-        .expect("cannot set the prefetch");
-    let consumer = channel
-        .basic_consume(queue.as_str(), consumer_options())
-        .expect("cannot consume the floor queue");
-
-    let (jobs, jobs_rx) = crossbeam_channel::bounded::<Job>(workers.max(1));
-    let (acks, acks_rx) = crossbeam_channel::unbounded::<u64>();
-    let mut inline = (workers == 0).then(|| ConfirmedPublisher::open(&mut publishing));
-    let pool: Vec<_> = (0..workers)
-        .map(|_| {
-            let mut publisher = ConfirmedPublisher::open(&mut publishing);
-            let (jobs, acks) = (jobs_rx.clone(), acks.clone());
-            std::thread::spawn(move || {
-                for job in jobs {
-                    publisher.publish(
-                        &job.reply_to,
-                        reply_properties(&job.properties),
-                        REPLY_BODY,
-                        false,
-                    );
-                    let _ = acks.send(job.tag);
-                }
-            })
-        })
-        .collect();
-    // Only the workers hold the job receiver, so a send fails if they are all gone; `acks`
-    // stays open here so an inline server's select never sees it disconnect.
-    drop(jobs_rx);
-    let _ = ready.send(());
-
-    // Deliveries handed to the pool and not yet acked, by tag.
-    let mut outstanding: HashMap<u64, Delivery> = HashMap::new();
-    loop {
-        select! {
-            recv(consumer.receiver()) -> message => match message {
-                Ok(ConsumerMessage::Delivery(delivery)) => {
-                    let reply_to = delivery
-                        .properties
-                        .reply_to()
-                        .clone()
-                        .expect("a request without reply_to");
-                    match &mut inline {
-                        Some(publisher) => {
-                            publisher.publish(
-                                &reply_to,
-                                reply_properties(&delivery.properties),
-                                REPLY_BODY,
-                                false,
-                            );
-                            delivery.ack(&channel).expect("ack failed");
-                        }
-                        None => {
-                            let job = Job {
-                                tag: delivery.delivery_tag(),
-                                reply_to,
-                                properties: delivery.properties.clone(),
-                            };
-                            outstanding.insert(job.tag, delivery);
-                            jobs.send(job).expect("the floor pool is gone");
-                        }
-                    }
-                }
-                other => panic!("the floor consumer stopped: {other:?}"),
-            },
-            recv(acks_rx) -> tag => {
-                let tag = tag.expect("the floor pool is gone");
-                if let Some(delivery) = outstanding.remove(&tag) {
-                    delivery.ack(&channel).expect("ack failed");
-                }
-            },
-            recv(stop) -> _ => break,
-        }
-    }
-
-    drop((jobs, acks));
-    for worker in pool {
-        worker.join().expect("a floor worker panicked");
-    }
-    cancel(consumer);
-    channel
-        .queue_delete(queue.as_str(), QueueDeleteOptions::default())
-        .expect("cannot delete the floor queue");
-    drop(inline);
-    let _ = channel.close();
-    let _ = consuming.close();
-    let _ = publishing.close();
-}
-
-// ---------------------------------------------------------------------------------------------
-// Floor client
-
-/// A request's properties as a Nameko client sends them (persistence is added on publish).
-fn request_properties(reply_to: &str, correlation_id: String, call_id: &str) -> AmqpProperties {
-    let mut headers = FieldTable::default();
-    headers.insert(
-        "nameko.call_id_stack".into(),
-        AmqpValue::FieldArray(vec![AmqpValue::LongString(call_id.to_owned())]),
-    );
-    AmqpProperties::default()
-        .with_content_type("application/json".to_owned())
-        .with_content_encoding("utf-8".to_owned())
-        .with_correlation_id(correlation_id)
-        .with_reply_to(reply_to.to_owned())
-        .with_headers(headers)
-}
-
-fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-/// Runs `body` with a raw serial client of `service`, which consumes its own reply queue on
-/// the calling thread: the minimum a round trip can cost.
-fn with_direct_client<R>(
-    uri: &AmqpUri,
-    service: &str,
-    body: impl FnOnce(&mut dyn FnMut()) -> R,
-) -> R {
-    let reply_to = new_id();
-    let reply_queue = format!("rpc.reply-bench-{reply_to}");
-    let call_id = format!("bench.call.{}", new_id());
-    let routing_key = format!("{service}.echo");
-    let mut consuming = connect(uri, HEARTBEAT);
-    let mut publishing = connect(uri, 0);
-    let channel = open_channel(&mut consuming);
-    declare_bound_queue(&channel, &reply_queue, &reply_to, true);
-    let consumer = channel
-        .basic_consume(reply_queue.as_str(), reply_consumer_options())
-        .expect("cannot consume the reply queue");
-    let mut publisher = ConfirmedPublisher::open(&mut publishing);
-    let replies = consumer.receiver();
-
-    let result = body(&mut || {
-        let correlation_id = new_id();
-        let properties = request_properties(&reply_to, correlation_id.clone(), &call_id);
-        publisher.publish(&routing_key, properties, REQUEST_BODY, true);
-        loop {
-            match replies.recv_timeout(TIMEOUT) {
-                Ok(ConsumerMessage::Delivery(delivery)) => {
-                    let mine = delivery.properties.correlation_id().as_deref()
-                        == Some(correlation_id.as_str());
-                    assert_eq!(delivery.body, REPLY_BODY);
-                    if mine {
-                        break;
-                    }
-                }
-                other => panic!("no reply: {other:?}"),
-            }
-        }
-    });
-
-    drop(publisher);
-    cancel(consumer);
-    channel
-        .queue_delete(reply_queue.as_str(), QueueDeleteOptions::default())
-        .expect("cannot delete the reply queue");
-    let _ = channel.close();
-    let _ = consuming.close();
-    let _ = publishing.close();
-    result
-}
-
-/// A raw client shaped like enoki's: one reply queue shared by every calling thread, a listener
-/// thread that wakes callers by correlation id, and a pool of confirming publishing channels.
-struct SharedClient {
-    reply_to: String,
-    routing_key: String,
-    call_id: String,
-    pending: Mutex<HashMap<String, Sender<Vec<u8>>>>,
-    publishers: Mutex<Vec<ConfirmedPublisher>>,
-}
-
-impl SharedClient {
-    /// One round trip; safe to call from many threads at once.
-    fn call(&self) {
-        let correlation_id = new_id();
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.pending.lock().insert(correlation_id.clone(), tx);
-        let properties = request_properties(&self.reply_to, correlation_id, &self.call_id);
-        let mut publisher = self
-            .publishers
-            .lock()
-            .pop()
-            .expect("more callers than publishing channels");
-        publisher.publish(&self.routing_key, properties, REQUEST_BODY, true);
-        self.publishers.lock().push(publisher);
-        match rx.recv_timeout(TIMEOUT) {
-            Ok(body) => assert_eq!(body, REPLY_BODY),
-            Err(RecvTimeoutError::Timeout) => panic!("no reply within {TIMEOUT:?}"),
-            Err(RecvTimeoutError::Disconnected) => panic!("the reply listener is gone"),
-        }
-    }
-}
-
-/// Runs `body` with a [`SharedClient`] of `service` for up to `callers` concurrent callers.
-fn with_shared_client<R>(
-    uri: &AmqpUri,
-    service: &str,
-    callers: usize,
-    body: impl FnOnce(&SharedClient) -> R,
-) -> R {
-    let reply_to = new_id();
-    let reply_queue = format!("rpc.reply-bench-{reply_to}");
-    let mut consuming = connect(uri, HEARTBEAT);
-    let mut publishing = connect(uri, 0);
-    let channel = open_channel(&mut consuming);
-    declare_bound_queue(&channel, &reply_queue, &reply_to, true);
-    let client = SharedClient {
-        reply_to,
-        routing_key: format!("{service}.echo"),
-        call_id: format!("bench.call.{}", new_id()),
-        pending: Mutex::new(HashMap::new()),
-        publishers: Mutex::new(
-            (0..callers)
-                .map(|_| ConfirmedPublisher::open(&mut publishing))
-                .collect(),
-        ),
-    };
-    let result = std::thread::scope(|scope| {
-        // Dropping `stop`, also while unwinding from a panic in `body`, stops the listener.
-        let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
-        let (listening, listening_rx) = crossbeam_channel::bounded(1);
-        let (pending, reply_queue) = (&client.pending, &reply_queue);
-        // The listener owns the consuming channel (amiquip's Channel is not Sync), wakes each
-        // reply's caller, and deletes the reply queue when told to stop.
-        scope.spawn(move || {
-            let consumer = channel
-                .basic_consume(reply_queue.as_str(), reply_consumer_options())
-                .expect("cannot consume the reply queue");
-            let _ = listening.send(());
-            loop {
-                select! {
-                    recv(consumer.receiver()) -> message => match message {
-                        Ok(ConsumerMessage::Delivery(mut delivery)) => {
-                            let body = std::mem::take(&mut delivery.body);
-                            let waiter = delivery
-                                .properties
-                                .correlation_id()
-                                .as_ref()
-                                .and_then(|id| pending.lock().remove(id));
-                            if let Some(waiter) = waiter {
-                                let _ = waiter.send(body);
-                            }
-                        }
-                        other => panic!("the reply consumer stopped: {other:?}"),
-                    },
-                    recv(stop_rx) -> _ => break,
-                }
-            }
-            cancel(consumer);
-            channel
-                .queue_delete(reply_queue.as_str(), QueueDeleteOptions::default())
-                .expect("cannot delete the reply queue");
-            let _ = channel.close();
-        });
-        listening_rx
-            .recv_timeout(TIMEOUT)
-            .expect("the reply listener did not start");
-        let result = body(&client);
-        drop(stop);
-        result
-    });
-
-    drop(client);
-    let _ = consuming.close();
-    let _ = publishing.close();
-    result
 }

@@ -27,7 +27,7 @@ use crossbeam_channel::{Receiver, Select, Sender};
 use parking_lot::Mutex;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -368,7 +368,7 @@ impl Container {
             wake: wake_rx,
             wakers: wake_tx,
             listeners: AtomicUsize::new(0),
-            idle: Mutex::new(Vec::with_capacity(max_workers)),
+            idle: (0..max_workers).map(|_| AtomicBool::new(false)).collect(),
         });
         let (jobs, job_rx) = crossbeam_channel::bounded::<Job>(max_workers);
         // Never sent on: it disconnects when the last worker has exited, which a stop waits
@@ -494,8 +494,9 @@ struct Pool {
     wakers: Vec<Sender<()>>,
     /// How many workers read the source now (at most `LISTENERS`).
     listeners: AtomicUsize,
-    /// Workers waiting for jobs or promotion, most recently idle last.
-    idle: Mutex<Vec<usize>>,
+    /// Workers waiting for jobs or promotion. Flags, not a locked list: a worker marks itself
+    /// on every job it waits for, and a lock there was a contended hand-off per HTTP request.
+    idle: Vec<AtomicBool>,
 }
 
 /// How many idle workers read the delivery source at once. Two, so that when one takes a
@@ -514,8 +515,9 @@ impl Pool {
     }
 
     /// Gives up a listener slot (the worker took work, or has nothing left to read); if that
-    /// left nobody listening, wakes the most recently idle worker, whose caches are warm, where
-    /// crossbeam would wake waiters in turn and cycle through every cold thread.
+    /// left nobody listening, wakes the lowest-numbered idle worker: the same few threads keep
+    /// serving and stay warm, where crossbeam would wake waiters in turn and cycle through
+    /// every cold thread.
     fn unlisten(&self) {
         if self.listeners.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.promote();
@@ -526,7 +528,11 @@ impl Pool {
         if self.listeners.load(Ordering::Acquire) > 0 {
             return;
         }
-        let next = self.idle.lock().pop();
+        // Claiming the flag makes two promoters wake two different workers.
+        let next = self.idle.iter().position(|idle| {
+            idle.compare_exchange(true, false, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        });
         if let Some(next) = next {
             let _ = self.wakers[next].try_send(());
         }
@@ -604,12 +610,12 @@ fn work(pool: &Pool, id: usize, jobs: &Receiver<Job>) {
             }
             continue;
         }
-        pool.idle.lock().push(id);
+        pool.idle[id].store(true, Ordering::Release);
         let mut select = Select::new();
         let jobs_index = select.recv(jobs);
         select.recv(wake);
         let operation = select.select();
-        pool.idle.lock().retain(|w| *w != id);
+        pool.idle[id].store(false, Ordering::Release);
         if operation.index() == jobs_index {
             match operation.recv(jobs) {
                 Ok(job) => {

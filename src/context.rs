@@ -27,12 +27,14 @@ impl Outgoing {
         let mut headers = Headers::new();
         for (key, value) in &self.data {
             if !value.is_null() {
-                headers.insert(format!("{HEADER_PREFIX}{key}"), value.clone());
+                // concat, not format!: this runs for every outgoing message, and the fmt
+                // machinery costs several times a plain copy (callgrind).
+                headers.insert([HEADER_PREFIX, key].concat(), value.clone());
             }
         }
         if !self.call_id_stack.is_empty() {
             headers.insert(
-                format!("{HEADER_PREFIX}{CALL_ID_STACK}"),
+                [HEADER_PREFIX, CALL_ID_STACK].concat(),
                 Value::Array(
                     self.call_id_stack
                         .iter()
@@ -115,12 +117,10 @@ impl WorkerContext {
     /// none, for timers and HTTP).
     pub(crate) fn new(runtime: Arc<Runtime>, entrypoint: Arc<str>, headers: Headers) -> Self {
         let (data, mut parent_stack) = split_headers(headers);
-        let call_id = format!(
-            "{}.{}.{}",
-            runtime.service_name,
-            entrypoint,
-            crate::id::uuid4_string()
-        );
+        // Once per worker: concat, not format! (about 1,300 instructions of fmt machinery).
+        let call_id = crate::id::with_uuid4(|id| {
+            [&*runtime.service_name, ".", &*entrypoint, ".", id].concat()
+        });
         let origin_call_id = parent_stack.first().cloned();
         let immediate_parent_call_id = parent_stack.last().cloned();
         parent_stack.push(call_id.clone());

@@ -41,8 +41,13 @@ pub(crate) fn uuid4() -> Uuid {
 
 /// A random UUID in its hyphenated text form, as Python's `str(uuid4())`.
 pub(crate) fn uuid4_string() -> String {
+    with_uuid4(str::to_owned)
+}
+
+/// Runs `f` on a fresh random UUID in its hyphenated text form, without allocating it.
+pub(crate) fn with_uuid4<T>(f: impl FnOnce(&str) -> T) -> T {
     let mut buf = Uuid::encode_buffer();
-    uuid4().hyphenated().encode_lower(&mut buf).to_owned()
+    f(uuid4().hyphenated().encode_lower(&mut buf))
 }
 
 #[cfg(test)]

@@ -125,7 +125,7 @@ impl RpcClient {
         // Two slots: a forwarded reply and a failure may both arrive before anyone reads.
         let (tx, rx) = crossbeam_channel::bounded(2);
         self.pending.lock().insert(correlation_id.clone(), tx);
-        let routing_key = format!("{service}.{method}");
+        let routing_key = [service, ".", method].concat();
         let published = self.with_publisher(|publisher| {
             publisher.publish_by(
                 Outgoing {
