@@ -281,7 +281,9 @@ fn enoki_describe_and_graph_list_running_services() {
     cleanup.queue(format!("evt-{prefix}_a-made--{prefix}_b.handle_made"));
     let rpcx = unique("rpcx");
     let _exchanges = Exchanges(vec![rpcx.clone(), format!("{prefix}_a.events")]);
-    let config = support::config().rpc_exchange(rpcx);
+    let config = support::config()
+        .rpc_exchange(rpcx)
+        .web_server_address("127.0.0.1:0");
     let (a, b, c, services) = services(&prefix);
     let mut runner = services
         .into_iter()
