@@ -31,6 +31,10 @@ const REPLY_QUEUE_TTL_MS: u32 = 300_000;
 /// with the broker error: long enough for a broker restart, short enough not to hang.
 const RECONNECT_WINDOW: Duration = Duration::from_secs(30);
 const RETRY_FIRST: Duration = Duration::from_millis(50);
+/// How much longer a call without a timeout waits for its reply after a connection loss: the
+/// reply queue consumes with automatic acks (as Nameko's), so a reply in flight on the dropped
+/// connection is gone, and the caller must not wait for it forever.
+const LOST_REPLY_GRACE: Duration = Duration::from_secs(30);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
 type ReplySender = Sender<Result<Vec<u8>>>;
@@ -49,6 +53,7 @@ pub(crate) struct RpcClient {
     pending: Mutex<HashMap<String, ReplySender>>,
     publishers: Mutex<Vec<Box<dyn Publisher>>>,
     source: Mutex<Option<Arc<dyn ReplySource>>>,
+    losses: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for RpcClient {
@@ -81,6 +86,7 @@ impl RpcClient {
             pending: Mutex::new(HashMap::new()),
             publishers: Mutex::new(Vec::new()),
             source: Mutex::new(Some(source)),
+            losses: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -111,6 +117,7 @@ impl RpcClient {
         deadline: Option<Instant>,
     ) -> Result<Pending> {
         self.check_source()?;
+        let losses = self.losses();
         let body = serde_json::to_vec(&args.into_args()?)?;
         let correlation_id = crate::id::uuid4_string();
         let properties = Properties {
@@ -143,6 +150,7 @@ impl RpcClient {
                 rx,
                 correlation_id,
                 client: self.clone(),
+                losses,
             }),
             Ok(Published::Returned) => {
                 self.pending.lock().remove(&correlation_id);
@@ -223,8 +231,8 @@ impl RpcClient {
     }
 
     /// The consumer `source` lost its connection: the next waiter re-establishes it. Waiting
-    /// calls keep waiting: the reply queue is durable, and a reply that was not yet read when
-    /// the connection went was not acked, so it is redelivered to the new consumer.
+    /// calls keep waiting, since the reply queue is durable and a reply published while the
+    /// connection was down waits in it; see [`Pending`] for the bound on that wait.
     fn lost(&self, source: &Arc<dyn ReplySource>, error: &Error) {
         let dead = {
             let mut slot = self.source.lock();
@@ -234,11 +242,18 @@ impl RpcClient {
             }
         };
         if dead.is_some() {
+            self.losses
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             log::warn!(
                 "reply queue {} lost: {error}; reconnecting",
                 self.queue.name
             );
         }
+    }
+
+    /// How many times the reply queue's connection has been lost.
+    fn losses(&self) -> u64 {
+        self.losses.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Hands a reply read by some waiter to the caller it belongs to.
@@ -269,6 +284,8 @@ pub struct Pending {
     rx: Receiver<Result<Vec<u8>>>,
     correlation_id: String,
     client: Arc<RpcClient>,
+    /// The client's loss count when the request went out.
+    losses: u64,
 }
 
 impl fmt::Debug for Pending {
@@ -318,10 +335,18 @@ impl Pending {
     /// The reply (or the failure that ended the wait), or `None` once `deadline` passed.
     fn receive(&self, deadline: Option<Instant>) -> Option<Result<Vec<u8>>> {
         let mut reconnecting: Option<(Instant, Duration)> = None;
+        // Set once a connection loss has happened since the request went out: a caller with no
+        // deadline of its own then waits at most LOST_REPLY_GRACE more, since its reply may
+        // have been delivered (auto-acked) to the dead connection.
+        let mut after_loss: Option<Instant> = None;
         loop {
             if let Ok(reply) = self.rx.try_recv() {
                 return Some(reply);
             }
+            if deadline.is_none() && after_loss.is_none() && self.client.losses() != self.losses {
+                after_loss = Some(Instant::now() + LOST_REPLY_GRACE);
+            }
+            let until = deadline.or(after_loss);
             let source = match self.client.source() {
                 Ok(source) => {
                     reconnecting = None;
@@ -337,20 +362,22 @@ impl Pending {
                             RECONNECT_WINDOW.as_secs()
                         ))));
                     }
-                    let pause = match deadline {
+                    let pause = match until {
                         Some(d) => backoff.min(d.saturating_duration_since(Instant::now())),
                         None => backoff,
                     };
                     match self.rx.recv_timeout(pause) {
                         Ok(reply) => return Some(reply),
-                        Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => return None,
+                        Err(_) if until.is_some_and(|d| Instant::now() >= d) => {
+                            return self.expired(deadline);
+                        }
                         Err(_) => {}
                     }
                     reconnecting = Some((since, (backoff * 2).min(RETRY_MAX)));
                     continue;
                 }
             };
-            match source.wait(&self.rx, deadline) {
+            match source.wait(&self.rx, until) {
                 Wait::Own(reply) => return Some(reply),
                 Wait::Message(message) => {
                     let id = message.properties.correlation_id.as_deref();
@@ -361,9 +388,22 @@ impl Pending {
                     self.client.forward(id, message.body);
                 }
                 Wait::Lost(error) => self.client.lost(&source, &error),
-                Wait::Timeout => return None,
+                Wait::Timeout => return self.expired(deadline),
             }
         }
+    }
+
+    /// The wait ran out: a timeout for a caller's own `deadline`, else the bound after a
+    /// connection loss, which is a broker error.
+    fn expired(&self, deadline: Option<Instant>) -> Option<Result<Vec<u8>>> {
+        if deadline.is_some() {
+            return None;
+        }
+        Some(Err(Error::broker(format!(
+            "the connection was lost while waiting for this reply, and it did not arrive within \
+             {} s of that; it may have been lost with the connection",
+            LOST_REPLY_GRACE.as_secs()
+        ))))
     }
 }
 
