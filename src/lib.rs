@@ -49,9 +49,9 @@
 //! A container owns one consumer thread (one AMQP channel for all its queues, prefetch =
 //! `max_workers` per consumer unless `PREFETCH_COUNT` is set), `max_workers` worker threads
 //! (default 10), and, if it calls other services, a thread that keeps its reply queue's
-//! consumer. One idle worker at a time reads the deliveries straight from the consumer's
-//! receivers (no hand-off through the consumer thread); when it takes one, it promotes the
-//! worker that went idle last, whose caches are warm. The worker runs the handler, publishes
+//! consumer. Two idle workers at a time read the deliveries straight from the consumer's
+//! receivers (no hand-off through the consumer thread); when one takes a delivery and no
+//! listener is left, an idle worker is woken to listen. The worker runs the handler, publishes
 //! the reply on its own channel with publisher confirms, and only then hands the ack back to the
 //! consumer thread, which owns the channel acks must go through. A full pool stops intake; the
 //! broker holds the rest (prefetch). Consuming and publishing use separate connections, so a
@@ -60,8 +60,16 @@
 //! A caller waiting for a reply reads the reply queue itself, together with its own channel,
 //! and hands on replies that belong to other callers, so a reply wakes its caller directly.
 //!
+//! Other entrypoints feed the same pool through a bounded job queue: each timer has a thread
+//! that hands its ticks to a worker (the next tick waits for the running one), and the HTTP
+//! server (one per address, shared by the process's services) has an acceptor thread and one
+//! thread per open connection up to `HTTP_MAX_CONNECTIONS`; requests run on the owning
+//! service's workers. The publishing connection has a small thread that watches for the broker
+//! blocking it.
+//!
 //! What blocks: handlers run on workers and may block (a call to another service waits for its
-//! reply on that worker). [`Container::stop`] blocks until in-flight work is done.
+//! reply on that worker). [`Container::stop`] blocks until in-flight work is done, at most
+//! `STOP_TIMEOUT` (30 s); work still running then is abandoned unacked, for redelivery.
 //!
 //! ## Thread safety
 //!
