@@ -501,7 +501,8 @@ struct Pool {
 
 /// How many idle workers read the delivery source at once. Two, so that when one takes a
 /// request the other is already listening and nobody has to be woken to take its place; a
-/// worker is woken (the most recently idle one) only when no listener is left.
+/// worker is woken (the lowest-numbered idle one, so the same few threads stay warm) only when
+/// no listener is left.
 const LISTENERS: usize = 2;
 
 impl Pool {
