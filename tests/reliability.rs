@@ -134,8 +134,9 @@ fn a_call_in_flight_during_a_cut_is_answered_once() {
 fn a_waiting_caller_gets_its_reply_across_a_reconnect() {
     let mut cleanup = Cleanup::new();
     let name = unique("rel_waiting");
+    let calls = Arc::new(AtomicUsize::new(0));
     let _service = start(
-        service(&name, Arc::default()),
+        service(&name, calls.clone()),
         support::config(),
         &mut cleanup,
     );
@@ -146,7 +147,8 @@ fn a_waiting_caller_gets_its_reply_across_a_reconnect() {
     let pending = cluster
         .call_async(&name, "sleep", (1_000u64,))
         .expect("request sent");
-    std::thread::sleep(Duration::from_millis(200));
+    // Cut while the service works on it, so the caller is waiting when its connection goes.
+    assert!(support::eventually(WAIT, || calls.load(Ordering::SeqCst) == 1));
     proxy.cut();
     // The reply lands in the durable reply queue while the client is away; the waiting caller
     // re-establishes the consumer and gets it.
@@ -488,8 +490,8 @@ fn a_stop_during_a_reconnect_returns_promptly() {
 
     proxy.refuse(true);
     proxy.cut();
-    // Let it fail a few reconnection attempts first.
-    std::thread::sleep(Duration::from_millis(500));
+    // Stop only once it is retrying: two reconnection attempts refused.
+    assert!(support::eventually(WAIT, || proxy.refused() >= 2));
     let stopping = Instant::now();
     service.stop();
     assert!(

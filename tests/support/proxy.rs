@@ -29,6 +29,7 @@ struct State {
     refusing: AtomicBool,
     closed: AtomicBool,
     accepted: AtomicUsize,
+    refused: AtomicUsize,
     links: Mutex<Vec<Arc<Link>>>,
 }
 
@@ -53,6 +54,7 @@ impl FaultProxy {
                 }
                 let Ok(client) = client else { continue };
                 if state.refusing.load(Ordering::Acquire) {
+                    state.refused.fetch_add(1, Ordering::AcqRel);
                     drop(client);
                     continue;
                 }
@@ -116,6 +118,11 @@ impl FaultProxy {
     /// [`block`](FaultProxy::block)) is the `n`-th accepted, from 0.
     pub fn accepted(&self) -> usize {
         self.state.accepted.load(Ordering::Acquire)
+    }
+
+    /// How many connections it has refused.
+    pub fn refused(&self) -> usize {
+        self.state.refused.load(Ordering::Acquire)
     }
 
     /// How many connections are open through it now.
