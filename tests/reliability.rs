@@ -501,3 +501,55 @@ fn a_stop_during_a_reconnect_returns_promptly() {
     );
     assert!(!service.is_running());
 }
+
+#[test]
+fn a_message_with_a_deeply_nested_header_does_not_kill_the_service() {
+    use amiquip::{AmqpValue, FieldTable};
+    let mut cleanup = Cleanup::new();
+    let name = unique("rel_deep_header");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let _service = start(service(&name, calls), support::config(), &mut cleanup);
+    let raw = support::RawClient::new(&mut cleanup);
+    // 5,000 nested arrays (~25 KB of header): recursed level by level, as amiquip's frame
+    // parser did, it overflowed the I/O thread's stack and aborted the process.
+    let mut value = AmqpValue::Boolean(true);
+    for _ in 0..5_000 {
+        value = AmqpValue::FieldArray(vec![value]);
+    }
+    let mut headers = FieldTable::default();
+    headers.insert("deep".into(), value);
+    let properties = raw.request_properties("deep-1").with_headers(headers);
+    // Encoding recurses too: publish from a thread with room, on a connection of its own.
+    let routing_key = format!("{name}.add");
+    std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(move || {
+            let mut connection = support::raw_connection();
+            let channel = connection.open_channel(None).expect("channel");
+            channel
+                .basic_publish(
+                    "nameko-rpc",
+                    amiquip::Publish::with_properties(
+                        br#"{"args": [2, 3], "kwargs": {}}"#,
+                        routing_key,
+                        properties,
+                    ),
+                )
+                .expect("publish");
+            let _ = connection.close();
+        })
+        .expect("publishing thread")
+        .join()
+        .expect("published");
+    let reply = raw.reply(WAIT).expect("the poisoned request is answered");
+    assert_eq!(reply.properties.correlation_id().as_deref(), Some("deep-1"));
+    let body: Value = serde_json::from_slice(&reply.body).expect("json reply");
+    assert_eq!(body, serde_json::json!({"result": 5, "error": null}));
+    let cluster = client(&support::config(), &mut cleanup);
+    assert_eq!(
+        cluster
+            .call::<i64>(&name, "add", (1, 2))
+            .expect("still serving"),
+        3
+    );
+}
