@@ -358,23 +358,11 @@ impl Drop for Keeper {
 
 impl ReplySource for AmqpReplySource {
     fn wait(&self, own: &Receiver<Result<Vec<u8>>>, deadline: Option<Instant>) -> Wait {
-        let mut select = Select::new();
-        let own_index = select.recv(own);
-        select.recv(&self.rx);
-        let op = match deadline {
-            Some(deadline) => match select.select_deadline(deadline) {
-                Ok(op) => op,
-                Err(_) => return Wait::Timeout,
-            },
-            None => select.select(),
+        let received = match crate::transport::wait_on(own, &self.rx, deadline) {
+            Ok(received) => received,
+            Err(done) => return done,
         };
-        if op.index() == own_index {
-            return match op.recv(own) {
-                Ok(reply) => Wait::Own(reply),
-                Err(_) => Wait::Own(Err(Error::new(crate::ErrorKind::Stopped))),
-            };
-        }
-        let lost = match op.recv(&self.rx) {
+        let lost = match received {
             Ok(ConsumerMessage::Delivery(mut delivery)) => {
                 let message = Message {
                     exchange: std::mem::take(&mut delivery.exchange),

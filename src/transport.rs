@@ -342,6 +342,35 @@ pub trait ReplySource: Send + Sync + fmt::Debug {
     fn wait(&self, own: &Receiver<Result<Vec<u8>>>, deadline: Option<std::time::Instant>) -> Wait;
 }
 
+/// The common part of every [`ReplySource::wait`]: waits on the caller's own channel and on
+/// the reply queue's receiver `queue` at once. What comes on the caller's channel, or the
+/// deadline passing, is the finished [`Wait`] (`Err`); what comes from the queue is handed back
+/// for the transport to read (`Ok`).
+#[allow(clippy::result_large_err)] // a Wait is returned by value anyway, once per wake
+pub(crate) fn wait_on<T>(
+    own: &Receiver<Result<Vec<u8>>>,
+    queue: &Receiver<T>,
+    deadline: Option<std::time::Instant>,
+) -> std::result::Result<std::result::Result<T, crossbeam_channel::RecvError>, Wait> {
+    let mut select = Select::new();
+    let own_index = select.recv(own);
+    select.recv(queue);
+    let op = match deadline {
+        Some(deadline) => match select.select_deadline(deadline) {
+            Ok(op) => op,
+            Err(_) => return Err(Wait::Timeout),
+        },
+        None => select.select(),
+    };
+    if op.index() == own_index {
+        return Err(match op.recv(own) {
+            Ok(reply) => Wait::Own(reply),
+            Err(_) => Wait::Own(Err(crate::Error::new(crate::ErrorKind::Stopped))),
+        });
+    }
+    Ok(op.recv(queue))
+}
+
 /// A shared transport.
 pub type SharedTransport = Arc<dyn Transport>;
 

@@ -21,7 +21,7 @@ use crate::transport::{
     Acker, ConsumeSpec, Control, Delivery, DeliverySource, ExchangeSpec, Outcome, Outgoing,
     Published, Publisher, QueueSpec, Received, ReplySource, Sink, Transport, Wait,
 };
-use crate::{Error, ErrorKind, Result};
+use crate::{Error, Result};
 use broker::{Broker, ConsumerHandle, Settle};
 use crossbeam_channel::{Receiver, Select, SelectedOperation};
 use parking_lot::Mutex;
@@ -248,23 +248,11 @@ impl Drop for MemoryReplySource {
 
 impl ReplySource for MemoryReplySource {
     fn wait(&self, own: &Receiver<Result<Vec<u8>>>, deadline: Option<Instant>) -> Wait {
-        let mut select = Select::new();
-        let own_index = select.recv(own);
-        select.recv(&self.consumer.rx);
-        let op = match deadline {
-            Some(deadline) => match select.select_deadline(deadline) {
-                Ok(op) => op,
-                Err(_) => return Wait::Timeout,
-            },
-            None => select.select(),
+        let received = match crate::transport::wait_on(own, &self.consumer.rx, deadline) {
+            Ok(received) => received,
+            Err(done) => return done,
         };
-        if op.index() == own_index {
-            return match op.recv(own) {
-                Ok(reply) => Wait::Own(reply),
-                Err(_) => Wait::Own(Err(Error::new(ErrorKind::Stopped))),
-            };
-        }
-        match op.recv(&self.consumer.rx) {
+        match received {
             Ok(envelope) => Wait::Message(envelope.into_message()),
             Err(_) => Wait::Lost(Error::broker(format!(
                 "the reply queue {} was deleted",
