@@ -324,7 +324,12 @@ fn context_and_call_ids_propagate_through_rpc_proxy(mut env: Env) {
         assert_eq!(seen[hop]["auth_token"], "tok-123");
         assert_eq!(seen[hop]["user_id"], "u1");
         assert_eq!(seen[hop]["data"]["x-trace"], json!({"depth": 1}));
+        assert_eq!(seen[hop]["data"].get("call_id_stack"), None);
     }
+    // Every call through one standalone client shares its call id, as Nameko 2's does.
+    let again: Value = cluster.call_timeout(&outer, "relay", (), WAIT).unwrap();
+    assert_eq!(again["inner"]["call_id_stack"][0], json!(stack[0]));
+    assert_ne!(again["inner"]["call_id_stack"][2], json!(stack[2]));
 }
 
 /// A service whose every call says which container ran it.
