@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench --bench events
 //! ENOKI_BENCH_AMQP_URI=amqp://guest:guest@localhost:5672/enoki_test ENOKI_BENCH_EVENTS=5000 \
-//!     ENOKI_BENCH_PUBLISHERS=4 ENOKI_BENCH_ROUNDS=3 cargo bench --bench events
+//!     ENOKI_BENCH_PUBLISHERS=16 ENOKI_BENCH_ROUNDS=3 cargo bench --bench events
 //! ```
 //!
 //! The floor does on the wire what any Nameko-compatible dispatcher and handler must, written
@@ -20,7 +20,14 @@
 //! decodes the JSON payload, builds a worker context and runs the dependency hooks.
 //!
 //! Throughput is events handled per second, from the first publish until the last event was
-//! handled. Each round measures floor and enoki back to back (alternating which goes first), and
+//! handled. Each publisher waits for every confirm (as Nameko's dispatcher does), so a few
+//! publishers measure the confirm round trip rather than the handler: the default is 16
+//! publishers (4 held every path, Nameko included, at the publishers' own rate).
+//!
+//! Beside the rates, the CPU time each event cost in this process (publishers and handler), in
+//! the RabbitMQ node and in the Python service, read from `/proc` (benches/support/cpu.rs): on
+//! a machine of `n` cores no path can handle more than `n / (CPU per event)` events a second,
+//! whatever its client or handler does. Each round measures floor and enoki back to back (alternating which goes first), and
 //! the best round counts for each. The bench fails if enoki reaches less than 0.8 of the floor.
 //!
 //! The timer check runs an eager 100 ms timer for 100 intervals and reports how far each tick
@@ -35,8 +42,11 @@ use crossbeam_channel::{Receiver, Sender};
 use enoki::{
     AmqpUri, ClusterRpcProxy, Config, Container, EventHandler, Service, StandaloneDispatcher, Timer,
 };
+#[path = "support/cpu.rs"]
+mod cpu;
 #[path = "support/nameko.rs"]
 mod nameko;
+use cpu::{CpuMeter, CpuUse};
 use nameko::NamekoService;
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -61,7 +71,7 @@ const REQUIRED_RATIO: f64 = 0.8;
 fn main() -> ExitCode {
     enoki::logger::init();
     let events = env_usize("ENOKI_BENCH_EVENTS", 5000);
-    let publishers = env_usize("ENOKI_BENCH_PUBLISHERS", 4).max(1);
+    let publishers = env_usize("ENOKI_BENCH_PUBLISHERS", 16).max(1);
     let rounds = env_usize("ENOKI_BENCH_ROUNDS", 3).max(1);
     let uri_text = std::env::var("ENOKI_BENCH_AMQP_URI").unwrap_or_else(|_| DEFAULT_URI.into());
     let uri = AmqpUri::parse(&uri_text).expect("ENOKI_BENCH_AMQP_URI is not a valid AMQP URI");
@@ -155,19 +165,31 @@ fn main() -> ExitCode {
         started.elapsed()
     };
 
+    // Where each event's CPU goes: this process (publishers and handler), the broker, Nameko.
+    let broker_pid = cpu::broker_pid();
+    let broker = broker_pid.as_deref();
     run_floor(WARMUP);
     run_enoki(WARMUP);
     let mut best_floor = 0f64;
     let mut best_enoki = 0f64;
+    let (mut floor_cpu, mut enoki_cpu) = (None::<CpuUse>, None::<CpuUse>);
     for round in 1..=rounds {
         let mut measure = |floor_first: bool| {
             let mut rates = [0f64; 2];
             for which in if floor_first { [0, 1] } else { [1, 0] } {
+                let meter = CpuMeter::start(broker, None);
                 let took = if which == 0 {
                     run_floor(events)
                 } else {
                     run_enoki(events)
                 };
+                let used = meter.stop().per(events);
+                let best = if which == 0 {
+                    &mut floor_cpu
+                } else {
+                    &mut enoki_cpu
+                };
+                *best = Some(best.map_or(used, |b| b.min(used)));
                 rates[which] = events as f64 / took.as_secs_f64();
             }
             rates
@@ -187,6 +209,7 @@ fn main() -> ExitCode {
     // the count is polled over RPC. One round: it is much slower.
     let py_source = format!("bench_py_src_{id}");
     let py_service = format!("bench_py_events_{id}");
+    let mut nameko_cpu = None::<CpuUse>;
     let nameko_rate = nameko::python().map(|python| {
         let service = NamekoService::start(
             &python,
@@ -224,7 +247,9 @@ fn main() -> ExitCode {
             started.elapsed()
         };
         run(WARMUP);
+        let meter = CpuMeter::start(broker, Some(service.pid()));
         let rate = events as f64 / run(events).as_secs_f64();
+        nameko_cpu = Some(meter.stop().per(events));
         eprintln!("nameko: {rate:>8.0} events/s");
         drop(channels);
         cluster.close();
@@ -245,6 +270,39 @@ fn main() -> ExitCode {
     println!(
         "| enoki: StandaloneDispatcher -> event_handler (service pool) | {best_enoki:.0} | {ratio:.2} |"
     );
+
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    println!();
+    println!(
+        "CPU per event (µs, best of rounds; bench process = publishers and in-process handler) \
+         and the ceiling it sets on {cores} cores"
+    );
+    println!(
+        "| path | events/s | bench process | broker | Python service | total | ceiling events/s |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (name, rate, used) in [
+        ("floor", Some(best_floor), floor_cpu),
+        ("enoki", Some(best_enoki), enoki_cpu),
+        ("nameko", nameko_rate, nameko_cpu),
+    ] {
+        let (Some(rate), Some(used)) = (rate, used) else {
+            continue;
+        };
+        let total = used.total().as_secs_f64();
+        let ceiling = if total > 0.0 {
+            format!("{:.0}", cores as f64 / total)
+        } else {
+            "-".to_owned()
+        };
+        println!(
+            "| {name} | {rate:.0} | {} | {} | {} | {:.0} | {ceiling} |",
+            cpu::micros(used.bench),
+            cpu::micros(used.broker),
+            cpu::micros(used.peer),
+            total * 1e6
+        );
+    }
 
     nameko::summary(
         "events end to end",

@@ -41,14 +41,22 @@
 //! percentile, highest throughput), for floor and enoki alike. `BENCH` lines at the end are the
 //! summary `scripts/bench` gathers.
 //!
+//! Every row also has the CPU time a call cost in this process (clients and in-process servers),
+//! in the RabbitMQ node and in the Python service (benches/support/cpu.rs), and a last table
+//! turns the costs at 32 and 128 in flight into the ceiling they set: on `n` cores no client
+//! and service pair can serve more than `n / (CPU per call)` calls a second.
+//!
 //! A serial p50 of 20 ms or more means the 40 ms Nagle floor is back: the bench then fails. (With
 //! calls in flight the p50 is mostly queueing, n over the throughput, so it is not checked.)
 
 use enoki::{ClusterRpcProxy, Config, Container, RpcProxy, Service};
+#[path = "support/cpu.rs"]
+mod cpu;
 #[path = "support/floor.rs"]
 mod floor;
 #[path = "support/nameko.rs"]
 mod nameko;
+use cpu::{CpuMeter, CpuUse};
 use floor::{
     Cleanup, FloorServer, TIMEOUT, WORKERS, reachable_vhost, with_direct_client,
     with_shared_client, with_shared_client_of,
@@ -152,6 +160,11 @@ fn main() -> ExitCode {
         )
     });
 
+    // Where each call's CPU goes: this process, the broker and the Nameko service.
+    let broker_pid = cpu::broker_pid();
+    let broker = broker_pid.as_deref();
+    let meter = |peer: Option<u32>| move || CpuMeter::start(broker, peer);
+
     let mut results: HashMap<&'static str, Vec<Sample>> = HashMap::new();
     let mut record = |name: &'static str, sample: Sample| {
         let stats = Stats::of(&sample);
@@ -192,10 +205,10 @@ fn main() -> ExitCode {
                                         clients.drain(..).map(|c| c as &mut dyn FnMut()).collect();
                                     all.push(&mut py_call);
                                     all.push(&mut py_chain_call);
-                                    measure_interleaved(calls, &mut all)
+                                    measure_interleaved(calls, broker, &mut all)
                                 })
                             }),
-                            None => measure_interleaved(calls, &mut clients),
+                            None => measure_interleaved(calls, broker, &mut clients),
                         }
                     })
                 })
@@ -209,16 +222,18 @@ fn main() -> ExitCode {
             eprintln!("round {round}/{rounds}: {threads} in flight");
             for (kind, server) in [("inline", &inline), ("pool", &pool)] {
                 let sample = with_shared_client(&uri, &server.service, threads, |client| {
-                    measure_threads(threads, per_thread, || client.call())
+                    measure_threads(threads, per_thread, meter(None), || client.call())
                 });
                 record(flight_row("floor", kind, threads), sample);
             }
-            let sample =
-                measure_threads(threads, per_thread, || enoki_call(&cluster, &echo, "echo"));
+            let sample = measure_threads(threads, per_thread, meter(None), || {
+                enoki_call(&cluster, &echo, "echo")
+            });
             record(flight_row("enoki", "", threads), sample);
-            if py_services.is_some() {
+            if let Some((py_echo_service, _)) = &py_services {
+                let peer = Some(py_echo_service.pid());
                 let sample = with_shared_client(&uri, &py_echo, threads, |client| {
-                    measure_threads(threads, per_thread, || client.call())
+                    measure_threads(threads, per_thread, meter(peer), || client.call())
                 });
                 record(flight_row("nameko", "", threads), sample);
             }
@@ -282,26 +297,28 @@ fn report(best: &HashMap<&str, Stats>) -> ExitCode {
     names.sort();
     println!();
     println!(
-        "every measurement, best of rounds (latency in µs; CPU: the whole bench process, \
-         clients and servers, per call)"
+        "every measurement, best of rounds (latency in µs; CPU per call in µs: the bench \
+         process with its clients and in-process servers, the RabbitMQ node, the Python service)"
     );
     println!(
-        "{:<55} {:>8} {:>8} {:>8} {:>10} {:>11}",
-        "", "p50", "p90", "p99", "calls/s", "CPU µs/call"
+        "{:<55} {:>8} {:>8} {:>8} {:>10} {:>7} {:>7} {:>7}",
+        "", "p50", "p90", "p99", "calls/s", "bench", "broker", "python"
     );
     for name in &names {
         let s = best[name];
-        let cpu = s
-            .cpu_per_call
-            .map_or_else(|| "n/a".to_owned(), |d| micros(d).to_string());
+        let cpu = s.cpu_per_call;
         println!(
-            "{name:<55} {:>8} {:>8} {:>8} {:>10.0} {cpu:>11}",
+            "{name:<55} {:>8} {:>8} {:>8} {:>10.0} {:>7} {:>7} {:>7}",
             micros(s.p50),
             micros(s.p90),
             micros(s.p99),
-            s.throughput
+            s.throughput,
+            cpu::micros(cpu.bench),
+            cpu::micros(cpu.broker),
+            cpu::micros(cpu.peer),
         );
     }
+    cpu_budget(best);
 
     // The serial floor is the raw minimum; under load, whichever floor shape serves more. The
     // "same shape" row compares enoki with the floor built as enoki is (worker pool, shared
@@ -375,13 +392,53 @@ fn report(best: &HashMap<&str, Stats>) -> ExitCode {
     }
 }
 
+/// What a call costs in CPU under load, in every process together, and so the most calls per
+/// second this machine's cores could serve at that cost, whatever the client or service did.
+fn cpu_budget(best: &HashMap<&str, Stats>) {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    println!();
+    println!(
+        "CPU per call under load (µs, best of rounds) and the ceiling it sets on {cores} cores \
+         (cores / CPU per call)"
+    );
+    println!(
+        "| row | calls/s | bench process | broker | Python service | total | ceiling calls/s |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for threads in [32, 128] {
+        for name in [
+            flight_row("floor", "inline", threads),
+            flight_row("floor", "pool", threads),
+            flight_row("enoki", "", threads),
+            flight_row("nameko", "", threads),
+        ] {
+            let Some(s) = best.get(name) else { continue };
+            let cpu = s.cpu_per_call;
+            let total = cpu.total().as_secs_f64();
+            let ceiling = if total > 0.0 {
+                format!("{:.0}", cores as f64 / total)
+            } else {
+                "-".to_owned()
+            };
+            println!(
+                "| {name} | {:.0} | {} | {} | {} | {:.0} | {ceiling} |",
+                s.throughput,
+                cpu::micros(cpu.bench),
+                cpu::micros(cpu.broker),
+                cpu::micros(cpu.peer),
+                total * 1e6,
+            );
+        }
+    }
+}
+
 /// Latencies of one measurement and the wall time it took.
 struct Sample {
     latencies: Vec<Duration>,
     wall: Duration,
-    /// CPU time of the whole bench process (clients, servers, amiquip's I/O threads) while
-    /// measuring; `None` where `/proc` is not available.
-    cpu: Option<Duration>,
+    /// CPU time of the bench process (clients, servers, amiquip's I/O threads), the broker and
+    /// the Nameko service while measuring; `None` where `/proc` does not show it.
+    cpu: CpuUse,
 }
 
 /// Percentiles, throughput and CPU time per call.
@@ -391,7 +448,7 @@ struct Stats {
     p90: Duration,
     p99: Duration,
     throughput: f64,
-    cpu_per_call: Option<Duration>,
+    cpu_per_call: CpuUse,
 }
 
 impl Stats {
@@ -403,7 +460,7 @@ impl Stats {
             p90: percentile(&sorted, 90.0),
             p99: percentile(&sorted, 99.0),
             throughput: sorted.len() as f64 / sample.wall.as_secs_f64(),
-            cpu_per_call: sample.cpu.map(|cpu| cpu / sorted.len() as u32),
+            cpu_per_call: sample.cpu.per(sorted.len()),
         }
     }
 
@@ -417,7 +474,7 @@ impl Stats {
                 p90: a.p90.min(b.p90),
                 p99: a.p99.min(b.p99),
                 throughput: a.throughput.max(b.throughput),
-                cpu_per_call: a.cpu_per_call.zip(b.cpu_per_call).map(|(a, b)| a.min(b)),
+                cpu_per_call: a.cpu_per_call.min(b.cpu_per_call),
             })
             .expect("at least one round")
     }
@@ -431,25 +488,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn micros(d: Duration) -> u128 {
     d.as_micros()
-}
-
-/// CPU time (user and system, all threads) this process has used so far, from `/proc`.
-///
-/// Linux counts it in clock ticks, sampled; USER_HZ is 100 on every mainstream architecture.
-fn cpu_time() -> Option<Duration> {
-    const TICKS_PER_SECOND: u64 = 100;
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces: state is
-    // field 3 of the line, utime 14 and stime 15.
-    let mut fields = stat
-        .get(stat.rfind(')')? + 1..)?
-        .split_whitespace()
-        .skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(Duration::from_millis(
-        (utime + stime) * 1000 / TICKS_PER_SECOND,
-    ))
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -467,7 +505,11 @@ fn env_usize(name: &str, default: usize) -> usize {
 /// Serial round trips from several clients on the calling thread, after a warm-up of each,
 /// interleaved in blocks of [`BLOCK`] calls so that the drift of a noisy machine falls on all of
 /// them alike. Returns one sample per client, in order.
-fn measure_interleaved(calls: usize, clients: &mut [&mut dyn FnMut()]) -> Vec<Sample> {
+fn measure_interleaved(
+    calls: usize,
+    broker: Option<&str>,
+    clients: &mut [&mut dyn FnMut()],
+) -> Vec<Sample> {
     for call in clients.iter_mut() {
         for _ in 0..WARMUP {
             call();
@@ -478,7 +520,7 @@ fn measure_interleaved(calls: usize, clients: &mut [&mut dyn FnMut()]) -> Vec<Sa
         .map(|_| Sample {
             latencies: Vec::with_capacity(calls),
             wall: Duration::ZERO,
-            cpu: cpu_time().map(|_| Duration::ZERO),
+            cpu: CpuUse::ZERO,
         })
         .collect();
     for block in 0..calls.div_ceil(BLOCK) {
@@ -486,7 +528,7 @@ fn measure_interleaved(calls: usize, clients: &mut [&mut dyn FnMut()]) -> Vec<Sa
         for i in 0..clients.len() {
             // Rotate who goes first, so that no client always follows the same one.
             let c = (block + i) % clients.len();
-            let cpu_start = cpu_time();
+            let meter = CpuMeter::start(broker, None);
             let block_start = Instant::now();
             for _ in 0..n {
                 let started = Instant::now();
@@ -494,11 +536,7 @@ fn measure_interleaved(calls: usize, clients: &mut [&mut dyn FnMut()]) -> Vec<Sa
                 samples[c].latencies.push(started.elapsed());
             }
             samples[c].wall += block_start.elapsed();
-            if let (Some(total), Some(start), Some(end)) =
-                (&mut samples[c].cpu, cpu_start, cpu_time())
-            {
-                *total += end.saturating_sub(start);
-            }
+            samples[c].cpu = samples[c].cpu.plus(meter.stop());
         }
     }
     samples
@@ -506,7 +544,13 @@ fn measure_interleaved(calls: usize, clients: &mut [&mut dyn FnMut()]) -> Vec<Sa
 
 /// `per_thread` round trips on each of `threads` threads after a warm-up, the measured calls
 /// of all threads starting together; `call` makes one round trip.
-fn measure_threads(threads: usize, per_thread: usize, call: impl Fn() + Sync) -> Sample {
+/// `cpu` is started just before the measured calls (with the broker and any peer to watch).
+fn measure_threads(
+    threads: usize,
+    per_thread: usize,
+    cpu: impl FnOnce() -> CpuMeter,
+    call: impl Fn() + Sync,
+) -> Sample {
     let warmup = (WARMUP / threads).max(10);
     let start = Barrier::new(threads + 1);
     std::thread::scope(|scope| {
@@ -527,7 +571,7 @@ fn measure_threads(threads: usize, per_thread: usize, call: impl Fn() + Sync) ->
                 })
             })
             .collect();
-        let cpu_start = cpu_time();
+        let meter = cpu();
         start.wait();
         let t = Instant::now();
         let latencies: Vec<Duration> = handles
@@ -535,9 +579,7 @@ fn measure_threads(threads: usize, per_thread: usize, call: impl Fn() + Sync) ->
             .flat_map(|h| h.join().expect("a bench thread panicked"))
             .collect();
         let wall = t.elapsed();
-        let cpu = cpu_start
-            .zip(cpu_time())
-            .map(|(start, end)| end.saturating_sub(start));
+        let cpu = meter.stop();
         Sample {
             latencies,
             wall,

@@ -45,6 +45,13 @@ impl NamekoService {
     }
 }
 
+impl NamekoService {
+    /// The Python process's id, to watch its CPU time.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for NamekoService {
     fn drop(&mut self) {
         drop(self.child.stdin.take());
