@@ -93,15 +93,22 @@ fn terminate(child: &mut Child) -> Duration {
     }
 }
 
+/// The median of counts.
+fn middle(v: &[u64]) -> u64 {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
 }
 
 fn delete_queue(uri: &str, queue: &str) {
-    let _ = uri;
+    let vhost = enoki::AmqpUri::parse(uri).map_or_else(|_| "/".to_owned(), |uri| uri.vhost);
     let _ = Command::new("rabbitmqctl")
-        .args(["-q", "delete_queue", "-p", "enoki_test", queue])
+        .args(["-q", "delete_queue", "-p", &vhost, queue])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
@@ -161,7 +168,7 @@ fn main() -> ExitCode {
     );
     println!(
         "| threads idle / under load | {} / {loaded_threads} |",
-        threads[threads.len() / 2]
+        middle(&threads)
     );
     let mib = |kib: u64| kib as f64 / 1024.0;
     let py = python.as_ref();
@@ -187,6 +194,20 @@ fn main() -> ExitCode {
         "MiB",
         mib(peak_rss),
         py.map(|p| mib(p.peak_rss)),
+        "-",
+    );
+    summary(
+        "threads, idle",
+        "threads",
+        middle(&threads) as f64,
+        py.map(|p| middle(&p.threads) as f64),
+        "-",
+    );
+    summary(
+        "threads, 32 callers",
+        "threads",
+        loaded_threads as f64,
+        py.map(|p| p.loaded_threads as f64),
         "-",
     );
     summary(
