@@ -87,7 +87,8 @@
 //! ## Not supported
 //!
 //! TLS (`amqps://`), serializers other than JSON, and Nameko's eventlet backdoor.
-#![forbid(unsafe_code)]
+// unsafe only for system calls the standard library does not wrap: src/wake.rs.
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
@@ -116,6 +117,7 @@ mod service;
 pub mod testing;
 mod timer;
 pub mod transport;
+mod wake;
 
 pub use args::{Args, FromArgs, IntoArgs};
 pub use config::{AmqpUri, BrokerUri, Config};
