@@ -61,7 +61,9 @@
 //! and hands on replies that belong to other callers, so a reply wakes its caller directly.
 //!
 //! Other entrypoints feed the same pool through a bounded job queue: each timer has a thread
-//! that hands its ticks to a worker (the next tick waits for the running one), and the HTTP
+//! that hands its ticks to a worker (the next tick waits for the running one; on Linux 6.12+
+//! that thread, and the worker while it waits for the tick's due time, ask the scheduler for a
+//! short time slice, so that a tick starts on time even when every core is busy), and the HTTP
 //! server (one per address, shared by the process's services) has an acceptor thread and one
 //! thread per open connection up to `HTTP_MAX_CONNECTIONS`; requests run on the owning
 //! service's workers. The publishing connection has a small thread that watches for the broker
@@ -87,7 +89,8 @@
 //! ## Not supported
 //!
 //! TLS (`amqps://`), serializers other than JSON, and Nameko's eventlet backdoor.
-#![forbid(unsafe_code)]
+// unsafe only for system calls the standard library does not wrap: src/wake.rs.
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
@@ -116,6 +119,7 @@ mod service;
 pub mod testing;
 mod timer;
 pub mod transport;
+mod wake;
 
 pub use args::{Args, FromArgs, IntoArgs};
 pub use config::{AmqpUri, BrokerUri, Config};

@@ -32,6 +32,10 @@ const SUBMIT_POLL: Duration = Duration::from_millis(50);
 /// How long before a tick is due the timer thread hands it to the pool. The worker then sleeps
 /// until the exact time itself, so the hand-off's wake-up is not in the tick's delay: one
 /// wake-up (the worker's) stands between the due time and the handler, not two.
+///
+/// Both wake-ups ask the scheduler to be prompt (`crate::wake`): on a machine whose cores are
+/// all busy, a thread woken with the default time slice waits for the running thread's slice
+/// to end, milliseconds; with a short slice it preempts it.
 const LEAD: Duration = Duration::from_millis(2);
 
 /// Options of a timer, as the arguments of Nameko's `@timer(interval, eager)`.
@@ -236,6 +240,8 @@ impl Tick {
         Box::new(move |_worker: &mut Worker| {
             let early = due.saturating_duration_since(Instant::now());
             if !early.is_zero() {
+                // Only for the wait: the handler runs as the worker's other jobs do.
+                let _prompt = crate::wake::Prompt::enter();
                 std::thread::sleep(early);
             }
             if stopped.load(Ordering::Acquire) {
@@ -252,6 +258,8 @@ impl Tick {
 
 /// The timer thread: sleep until the next tick is due, hand it to the pool, wait for it.
 fn run(mut schedule: Schedule, tick: &Tick, jobs: &Jobs, stop: &Receiver<Stop>) {
+    // This thread only sleeps and hands over; a late hand-off makes a late tick.
+    crate::wake::short_slice_for_good();
     loop {
         let Some(due) = schedule.due() else { return };
         match stop.recv_deadline(due.checked_sub(LEAD).unwrap_or(due)) {
