@@ -1,14 +1,16 @@
 //! Footprint of the `echo` example as users deploy it: resident memory idle and under load,
 //! time from exec to the first served call, SIGTERM-to-exit time when idle, thread count, and
-//! the size of the binary. Needs RabbitMQ and a release build of the example:
+//! the size of the binary. Needs RabbitMQ and the example built as users ship it: release,
+//! statically linked, not position-independent, stripped (README, "Release profile"):
 //!
 //! ```text
-//! cargo build --release --example echo && cargo bench --bench footprint
+//! RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
+//!     cargo build --release --example echo --target x86_64-unknown-linux-gnu
+//! cargo bench --bench footprint
 //! ECHO_BIN=path/to/echo ENOKI_BENCH_AMQP_URI=amqp://... cargo bench --bench footprint
 //! ```
 //!
-//! `scripts/bench` builds the example statically linked and stripped first and points `ECHO_BIN`
-//! at it. Each figure is the median of several starts.
+//! `scripts/bench` builds exactly that first. Each figure is the median of several starts.
 
 use enoki::{ClusterRpcProxy, Config, ErrorKind};
 #[path = "support/nameko.rs"]
@@ -21,6 +23,8 @@ use std::time::{Duration, Instant};
 
 const DEFAULT_URI: &str = "amqp://guest:guest@localhost:5672/enoki_test";
 const STARTS: usize = 5;
+/// The static build users ship, as `scripts/bench` makes it.
+const STATIC_RUSTFLAGS: &str = "-C target-feature=+crt-static -C relocation-model=static";
 
 fn status_field(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -118,10 +122,17 @@ fn main() -> ExitCode {
     enoki::logger::init();
     let uri = std::env::var("ENOKI_BENCH_AMQP_URI").unwrap_or_else(|_| DEFAULT_URI.into());
     let bin = std::env::var("ECHO_BIN").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/examples/echo").to_owned()
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/target/x86_64-unknown-linux-gnu/release/examples/echo"
+        )
+        .to_owned()
     });
     if !std::path::Path::new(&bin).exists() {
-        eprintln!("{bin} is missing: cargo build --release --example echo (or set ECHO_BIN)");
+        eprintln!(
+            "{bin} is missing: RUSTFLAGS=\"{STATIC_RUSTFLAGS}\" cargo build --release \
+             --example echo --target x86_64-unknown-linux-gnu (or set ECHO_BIN)"
+        );
         return ExitCode::FAILURE;
     }
     let config = Config::new().amqp_uri(&uri);
