@@ -284,37 +284,19 @@ fn main() -> ExitCode {
         "| enoki: StandaloneDispatcher -> event_handler (service pool) | {best_enoki:.0} | {ratio:.2} |"
     );
 
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
     println!();
     println!(
-        "CPU per event (µs, best of rounds; bench process = publishers and in-process handler) \
-         and the ceiling it sets on {cores} cores"
+        "CPU per event (µs, best of rounds; bench process = publishers and in-process handler)"
     );
-    println!(
-        "| path | events/s | bench process | broker | Python service | total | ceiling events/s |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    cpu::print_header("events/s");
     for (name, rate, used) in [
         ("floor", Some(best_floor), floor_cpu),
         ("enoki", Some(best_enoki), enoki_cpu),
         ("nameko", nameko_rate, nameko_cpu),
     ] {
-        let (Some(rate), Some(used)) = (rate, used) else {
-            continue;
-        };
-        let total = used.total().as_secs_f64();
-        let ceiling = if total > 0.0 {
-            format!("{:.0}", cores as f64 / total)
-        } else {
-            "-".to_owned()
-        };
-        println!(
-            "| {name} | {rate:.0} | {} | {} | {} | {:.0} | {ceiling} |",
-            cpu::micros(used.bench),
-            cpu::micros(used.broker),
-            cpu::micros(used.peer),
-            total * 1e6
-        );
+        if let (Some(rate), Some(used)) = (rate, used) {
+            cpu::print_row(name, rate, &used);
+        }
     }
 
     nameko::summary(
@@ -582,23 +564,15 @@ struct FloorPublisher {
 }
 
 impl FloorPublisher {
+    /// A confirming channel to `<source>.events`, declared with the floor's flags.
     fn open(connection: &mut Connection, source: &str) -> FloorPublisher {
-        let channel = connection.open_channel(None).expect("channel");
-        declare_exchange(&channel, source);
-        let confirms = channel
-            .listen_for_publisher_confirms()
-            .expect("confirm listener");
-        channel.enable_publisher_confirms().expect("confirm mode");
-        FloorPublisher {
-            channel,
-            confirms,
-            exchange: format!("{source}.events"),
-            seq: 0,
-        }
+        let publisher = FloorPublisher::open_declared_by_nameko(connection, source);
+        declare_exchange(&publisher.channel, source);
+        publisher
     }
 
-    /// As [`FloorPublisher::open`], to an exchange a Nameko handler declared (with Nameko's
-    /// flags, which differ from the floor's: auto-delete).
+    /// A confirming channel to `<source>.events` as already declared, e.g. by a Nameko handler
+    /// (with Nameko's flags, which differ from the floor's: auto-delete).
     fn open_declared_by_nameko(connection: &mut Connection, source: &str) -> FloorPublisher {
         let channel = connection.open_channel(None).expect("channel");
         let confirms = channel

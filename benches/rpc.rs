@@ -395,16 +395,9 @@ fn report(best: &HashMap<&str, Stats>) -> ExitCode {
 /// What a call costs in CPU under load, in every process together, and so the most calls per
 /// second this machine's cores could serve at that cost, whatever the client or service did.
 fn cpu_budget(best: &HashMap<&str, Stats>) {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
     println!();
-    println!(
-        "CPU per call under load (µs, best of rounds) and the ceiling it sets on {cores} cores \
-         (cores / CPU per call)"
-    );
-    println!(
-        "| row | calls/s | bench process | broker | Python service | total | ceiling calls/s |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("CPU per call under load (µs, best of rounds)");
+    cpu::print_header("calls/s");
     for threads in [32, 128] {
         for name in [
             flight_row("floor", "inline", threads),
@@ -412,22 +405,9 @@ fn cpu_budget(best: &HashMap<&str, Stats>) {
             flight_row("enoki", "", threads),
             flight_row("nameko", "", threads),
         ] {
-            let Some(s) = best.get(name) else { continue };
-            let cpu = s.cpu_per_call;
-            let total = cpu.total().as_secs_f64();
-            let ceiling = if total > 0.0 {
-                format!("{:.0}", cores as f64 / total)
-            } else {
-                "-".to_owned()
-            };
-            println!(
-                "| {name} | {:.0} | {} | {} | {} | {:.0} | {ceiling} |",
-                s.throughput,
-                cpu::micros(cpu.bench),
-                cpu::micros(cpu.broker),
-                cpu::micros(cpu.peer),
-                total * 1e6,
-            );
+            if let Some(s) = best.get(name) {
+                cpu::print_row(name, s.throughput, &s.cpu_per_call);
+            }
         }
     }
 }

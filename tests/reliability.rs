@@ -49,6 +49,34 @@ fn client(config: &enoki::Config, cleanup: &mut Cleanup) -> ClusterRpcProxy {
     cluster
 }
 
+/// A [`service`] on the shared broker and a client that reaches it through its own fault
+/// proxy, warmed by one call. Fields drop in order: client, proxy, service, then the queues.
+struct BehindProxy {
+    cluster: ClusterRpcProxy,
+    proxy: FaultProxy,
+    name: String,
+    _service: Container,
+    _cleanup: Cleanup,
+}
+
+impl BehindProxy {
+    fn start(prefix: &str, calls: Arc<AtomicUsize>) -> BehindProxy {
+        let mut cleanup = Cleanup::new();
+        let name = unique(prefix);
+        let service = start(service(&name, calls), support::config(), &mut cleanup);
+        let proxy = FaultProxy::start(&upstream());
+        let cluster = client(&config_via(&proxy), &mut cleanup);
+        assert_eq!(cluster.call::<i64>(&name, "add", (1, 2)).expect("warm"), 3);
+        BehindProxy {
+            cluster,
+            proxy,
+            name,
+            _service: service,
+            _cleanup: cleanup,
+        }
+    }
+}
+
 /// Calls `name.add(1, 2)` until it answers 3; returns how long that took.
 fn until_served(cluster: &ClusterRpcProxy, name: &str) -> Duration {
     let started = Instant::now();
@@ -132,20 +160,12 @@ fn a_call_in_flight_during_a_cut_is_answered_once() {
 
 #[test]
 fn a_waiting_caller_gets_its_reply_across_a_reconnect() {
-    let mut cleanup = Cleanup::new();
-    let name = unique("rel_waiting");
     let calls = Arc::new(AtomicUsize::new(0));
-    let _service = start(
-        service(&name, calls.clone()),
-        support::config(),
-        &mut cleanup,
-    );
-    let proxy = FaultProxy::start(&upstream());
-    let cluster = client(&config_via(&proxy), &mut cleanup);
-    assert_eq!(cluster.call::<i64>(&name, "add", (1, 2)).expect("warm"), 3);
+    let setup = BehindProxy::start("rel_waiting", calls.clone());
+    let (name, proxy, cluster) = (&setup.name, &setup.proxy, &setup.cluster);
 
     let pending = cluster
-        .call_async(&name, "sleep", (1_000u64,))
+        .call_async(name, "sleep", (1_000u64,))
         .expect("request sent");
     // Cut while the service works on it, so the caller is waiting when its connection goes.
     assert!(support::eventually(WAIT, || calls.load(Ordering::SeqCst) == 1));
@@ -158,7 +178,7 @@ fn a_waiting_caller_gets_its_reply_across_a_reconnect() {
     assert_eq!(reply, 1_000);
     assert_eq!(
         cluster
-            .call_timeout::<i64>(&name, "add", (2, 2), Duration::from_secs(10))
+            .call_timeout::<i64>(name, "add", (2, 2), Duration::from_secs(10))
             .expect("the client keeps working"),
         4
     );
@@ -166,19 +186,11 @@ fn a_waiting_caller_gets_its_reply_across_a_reconnect() {
 
 #[test]
 fn a_waiting_caller_is_not_held_past_its_timeout_while_the_broker_is_away() {
-    let mut cleanup = Cleanup::new();
-    let name = unique("rel_away");
-    let _service = start(
-        service(&name, Arc::default()),
-        support::config(),
-        &mut cleanup,
-    );
-    let proxy = FaultProxy::start(&upstream());
-    let cluster = client(&config_via(&proxy), &mut cleanup);
-    assert_eq!(cluster.call::<i64>(&name, "add", (1, 2)).expect("warm"), 3);
+    let setup = BehindProxy::start("rel_away", Arc::default());
+    let (name, proxy, cluster) = (&setup.name, &setup.proxy, &setup.cluster);
 
     let pending = cluster
-        .call_async(&name, "sleep", (500u64,))
+        .call_async(name, "sleep", (500u64,))
         .expect("request sent");
     proxy.refuse(true);
     proxy.cut();
@@ -193,7 +205,7 @@ fn a_waiting_caller_is_not_held_past_its_timeout_while_the_broker_is_away() {
         started.elapsed()
     );
     let error = cluster
-        .call_timeout::<i64>(&name, "add", (1, 2), Duration::from_secs(2))
+        .call_timeout::<i64>(name, "add", (1, 2), Duration::from_secs(2))
         .expect_err("cannot call while the broker is unreachable");
     assert!(
         matches!(error.kind(), ErrorKind::Broker(_)),
@@ -202,7 +214,7 @@ fn a_waiting_caller_is_not_held_past_its_timeout_while_the_broker_is_away() {
     proxy.refuse(false);
     assert_eq!(
         cluster
-            .call_timeout::<i64>(&name, "add", (3, 4), Duration::from_secs(10))
+            .call_timeout::<i64>(name, "add", (3, 4), Duration::from_secs(10))
             .expect("the client reconnects once the broker is back"),
         7
     );
@@ -210,23 +222,15 @@ fn a_waiting_caller_is_not_held_past_its_timeout_while_the_broker_is_away() {
 
 #[test]
 fn an_idle_client_reconnects_before_its_next_call() {
-    let mut cleanup = Cleanup::new();
-    let name = unique("rel_idle_client");
-    let _service = start(
-        service(&name, Arc::default()),
-        support::config(),
-        &mut cleanup,
-    );
-    let proxy = FaultProxy::start(&upstream());
-    let cluster = client(&config_via(&proxy), &mut cleanup);
-    assert_eq!(cluster.call::<i64>(&name, "add", (1, 2)).expect("warm"), 3);
+    let setup = BehindProxy::start("rel_idle_client", Arc::default());
+    let (name, proxy, cluster) = (&setup.name, &setup.proxy, &setup.cluster);
 
     for round in 0..3 {
         proxy.cut();
         // Nobody was waiting when the connection went: the first call after it must not
         // be the one that finds out.
         let sum = cluster
-            .call_timeout::<i64>(&name, "add", (round, 1), Duration::from_secs(10))
+            .call_timeout::<i64>(name, "add", (round, 1), Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("round {round}: the first call after a cut failed: {e}"));
         assert_eq!(sum, round + 1);
     }
@@ -234,21 +238,13 @@ fn an_idle_client_reconnects_before_its_next_call() {
 
 #[test]
 fn a_stalled_broker_does_not_hold_a_caller_past_its_timeout() {
-    let mut cleanup = Cleanup::new();
-    let name = unique("rel_stall");
-    let _service = start(
-        service(&name, Arc::default()),
-        support::config(),
-        &mut cleanup,
-    );
-    let proxy = FaultProxy::start(&upstream());
-    let cluster = client(&config_via(&proxy), &mut cleanup);
-    assert_eq!(cluster.call::<i64>(&name, "add", (1, 2)).expect("warm"), 3);
+    let setup = BehindProxy::start("rel_stall", Arc::default());
+    let (name, proxy, cluster) = (&setup.name, &setup.proxy, &setup.cluster);
 
     proxy.stall();
     let started = Instant::now();
     let error = cluster
-        .call_timeout::<i64>(&name, "add", (1, 2), Duration::from_millis(500))
+        .call_timeout::<i64>(name, "add", (1, 2), Duration::from_millis(500))
         .expect_err("nothing gets through a stalled connection");
     assert!(error.is_timeout(), "expected a timeout, got {error:?}");
     assert!(
@@ -259,7 +255,7 @@ fn a_stalled_broker_does_not_hold_a_caller_past_its_timeout() {
     proxy.resume();
     assert_eq!(
         cluster
-            .call_timeout::<i64>(&name, "add", (5, 5), Duration::from_secs(10))
+            .call_timeout::<i64>(name, "add", (5, 5), Duration::from_secs(10))
             .expect("calls work again once the peer resumes"),
         10
     );

@@ -143,6 +143,40 @@ impl CpuMeter {
     }
 }
 
+/// Prints the header of a table of CPU per operation, rates in `rate_unit`; then one
+/// [`print_row`] per path.
+pub fn print_header(rate_unit: &str) {
+    println!(
+        "| path | {rate_unit} | bench process | broker | Python service | total | ceiling {rate_unit} \
+         on {} cores |",
+        cores()
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+}
+
+/// One row of a CPU table: the rate reached, the CPU each process used per operation, and the
+/// ceiling that cost sets on this machine (cores / CPU per operation).
+pub fn print_row(name: &str, rate: f64, used: &CpuUse) {
+    let total = used.total().as_secs_f64();
+    let ceiling = if total > 0.0 {
+        format!("{:.0}", cores() as f64 / total)
+    } else {
+        "-".to_owned()
+    };
+    println!(
+        "| {name} | {rate:.0} | {} | {} | {} | {:.0} | {ceiling} |",
+        micros(used.bench),
+        micros(used.broker),
+        micros(used.peer),
+        total * 1e6
+    );
+}
+
+/// The cores this process may run on.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
 /// Microseconds of a share, or `-`.
 pub fn micros(d: Option<Duration>) -> String {
     d.map_or_else(
